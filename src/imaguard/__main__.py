@@ -1,0 +1,3 @@
+from imaguard.cli import main
+
+main()

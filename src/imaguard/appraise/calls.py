@@ -1,0 +1,357 @@
+"""The direct calls: ``hash_file``, ``sign_file``, ``appraise``, ``verify_file``, ``signature_info``.
+
+No policy, no cache: every call opens the file, reads what it needs and decides.
+``appraise`` returns a :class:`Verdict` and never raises for a bad file; ``verify_file``
+raises :class:`~imaguard.VerificationError` unless the file passes.
+
+Targets are a path, an open file descriptor, or the content as ``bytes``. For bytes
+there is no file to read a value from, so the stored value is given as ``value=``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import replace
+from collections.abc import Iterable
+from typing import Literal
+
+from imaguard.appraise.files import Digest, FileRef, Target, hash_bytes, hash_fd, open_target
+from imaguard.appraise.store import SignatureStore, store_for
+from imaguard.appraise.verdict import Cause, SignatureInfo, Status, Verdict
+from imaguard.crypto.keyring import Keyring
+from imaguard.crypto.keys import PrivateKey
+from imaguard.errors import FileError, FormatError, StoreError, UsageError, VerificationError
+from imaguard.formats import hashalgo
+from imaguard.formats.hashalgo import HashAlgo
+from imaguard.formats.xattr import (
+    DigestNgValue,
+    DigestValue,
+    HmacValue,
+    SignatureValue,
+    XattrType,
+    digest_value,
+)
+from imaguard.formats.xattr import parse as parse_value
+
+__all__ = [
+    "Require",
+    "appraise",
+    "hash_file",
+    "sign_bytes",
+    "sign_file",
+    "signature_info",
+    "store_digest",
+    "verify_file",
+]
+
+_log = logging.getLogger(__name__)
+
+Require = Literal["signature", "digest", "any"]
+"""What a file must carry: a signature; or a digest value (only meaningful when something
+else protects it, e.g. EVM); or either."""
+
+DEFAULT_ALGORITHM = "sha256"
+
+
+def _algo(algorithm: str | HashAlgo) -> HashAlgo:
+    algo = algorithm if isinstance(algorithm, HashAlgo) else hashalgo.by_name(algorithm)
+    if not algo.computable:
+        raise UsageError(f"hash algorithm {algo.name} cannot be computed by this Python/OpenSSL")
+    return algo
+
+
+def _store(store: SignatureStore | str | None) -> SignatureStore:
+    if store is None or isinstance(store, str):
+        return store_for(store)
+    return store
+
+
+def _name(target: Target) -> str:
+    if isinstance(target, int):
+        return f"<fd {target}>"
+    if isinstance(target, bytes):
+        return "<bytes>"
+    return os.fspath(target)
+
+
+def hash_file(target: Target, algorithm: str | HashAlgo = DEFAULT_ALGORITHM) -> Digest:
+    """Hash a file's content (a path, a descriptor or bytes)."""
+    algo = _algo(algorithm)
+    if isinstance(target, bytes):
+        return hash_bytes(target, algo)
+    with open_target(target) as ref:
+        return hash_fd(ref, algo)
+
+
+def store_digest(
+    target: str | os.PathLike[str] | int,
+    algorithm: str | HashAlgo = DEFAULT_ALGORITHM,
+    store: SignatureStore | str | None = None,
+) -> DigestValue | DigestNgValue:
+    """Hash a file and store its digest value (0x04, or 0x01 for md5/sha1 as the kernel does)."""
+    algo = _algo(algorithm)
+    st = _store(store)
+    with open_target(target) as ref:
+        digest = hash_fd(ref, algo)
+        value = digest_value(algo, digest.value)
+        st.write(ref, value.serialize())
+    return value
+
+
+def sign_file(
+    target: str | os.PathLike[str] | int,
+    key: PrivateKey,
+    algorithm: str | HashAlgo = DEFAULT_ALGORITHM,
+    store: SignatureStore | str | None = None,
+) -> SignatureValue:
+    """Hash a file, sign the digest and store a v2 (0x03) signature value.
+
+    The previous value is replaced in one step or left untouched; a file that changes
+    while it is hashed is not signed (:class:`~imaguard.FileChangedError`).
+    """
+    algo = _algo(algorithm)
+    st = _store(store)
+    with open_target(target) as ref:
+        digest = hash_fd(ref, algo)
+        value = SignatureValue(
+            XattrType.EVM_IMA_XATTR_DIGSIG, algo, key.key_id, key.sign_digest(algo, digest.value)
+        )
+        st.write(ref, value.serialize())
+    _log.debug("signed %s with key %08x (%s)", ref.name, key.key_id, algo.name)
+    return value
+
+
+def sign_bytes(data: bytes, key: PrivateKey, algorithm: str | HashAlgo = DEFAULT_ALGORITHM) -> SignatureValue:
+    """The v2 signature value for ``data`` (nothing is stored)."""
+    algo = _algo(algorithm)
+    digest = hash_bytes(data, algo)
+    return SignatureValue(
+        XattrType.EVM_IMA_XATTR_DIGSIG, algo, key.key_id, key.sign_digest(algo, digest.value)
+    )
+
+
+def _verdict_from_value(
+    name: str,
+    raw: bytes | None,
+    hasher: _Hasher,
+    keyring: Keyring,
+    require: Require,
+    algorithms: frozenset[str] | None,
+) -> Verdict:
+    """Appraisal proper (spec kernel-ima.md §3.8, steps 2 and 4, the blacklist and algo checks)."""
+    if raw is None:
+        cause = Cause.SIGNATURE_REQUIRED if require == "signature" else Cause.MISSING_HASH
+        return Verdict(name, Status.NO_XATTR, cause, detail="no value stored for this file")
+    if len(raw) == 0 or raw[0] not in (1, 3, 4, 6):
+        kind = f"0x{raw[0]:02x}" if raw else "an empty value"
+        return Verdict(name, Status.UNKNOWN, Cause.UNKNOWN_IMA_DATA,
+                       value_type=raw[0] if raw else None,
+                       detail=f"stored value of type {kind} is not an IMA hash or signature")
+    try:
+        value = parse_value(raw)
+    except FormatError as e:
+        if raw[0] in (1, 4):
+            cause = Cause.INVALID_HASH
+        elif "version" in str(e):
+            cause = Cause.INVALID_SIGNATURE_VERSION
+        else:
+            cause = Cause.INVALID_SIGNATURE
+        return Verdict(name, Status.FAIL, cause, value_type=raw[0], detail=str(e))
+    assert not isinstance(value, HmacValue)  # excluded by the type-byte check above  # noqa: S101
+    algo = value.algorithm
+    if algorithms is not None and algo.name not in algorithms:
+        return Verdict(name, Status.FAIL, Cause.DENIED_HASH_ALGORITHM, algorithm=algo.name,
+                       value_type=int(value.type),
+                       detail=f"{algo.name} is not among the allowed algorithms "
+                              f"({', '.join(sorted(algorithms))})")
+    if isinstance(value, DigestValue | DigestNgValue):
+        if require == "signature":
+            return Verdict(name, Status.FAIL, Cause.SIGNATURE_REQUIRED, algorithm=algo.name,
+                           value_type=int(value.type),
+                           detail="a digest is stored but a signature is required")
+        digest = hasher(algo)
+        if isinstance(digest, Verdict):
+            return digest
+        if keyring.is_blacklisted(digest.value):
+            return Verdict(name, Status.FAIL, Cause.BLACKLISTED_HASH, algorithm=algo.name,
+                           value_type=int(value.type), digest=digest.value,
+                           detail="the content digest is blacklisted")
+        if digest.value != value.digest:
+            return Verdict(name, Status.FAIL, Cause.INVALID_HASH, algorithm=algo.name,
+                           value_type=int(value.type), digest=digest.value,
+                           detail="content does not match the stored digest")
+        return Verdict(name, Status.PASS, None, algorithm=algo.name,
+                       value_type=int(value.type), digest=digest.value)
+    # A signature.
+    if require == "digest":
+        return Verdict(name, Status.FAIL, Cause.MISSING_HASH, key_id=value.key_id,
+                       algorithm=algo.name, value_type=int(value.type),
+                       detail="a signature is stored but a digest value is required")
+    if value.type == XattrType.IMA_VERITY_DIGSIG:
+        return Verdict(name, Status.UNKNOWN, Cause.SIGV3_HASHING_ERROR, key_id=value.key_id,
+                       algorithm=algo.name, value_type=int(value.type),
+                       detail="sigv3 (fs-verity) signatures are not appraised yet")
+    certs = keyring.lookup(value.key_id)
+    if not certs:
+        return Verdict(name, Status.UNKNOWN_KEY, Cause.INVALID_SIGNATURE, key_id=value.key_id,
+                       algorithm=algo.name, value_type=int(value.type),
+                       detail=f"no key with id {value.key_id:08x} in keyring {keyring.name}")
+    if keyring.is_revoked(value.key_id):
+        return Verdict(name, Status.FAIL, Cause.INVALID_SIGNATURE, key_id=value.key_id,
+                       algorithm=algo.name, value_type=int(value.type),
+                       detail=f"key {value.key_id:08x} is revoked")
+    if not algo.computable:
+        return Verdict(name, Status.UNKNOWN, Cause.UNKNOWN, key_id=value.key_id,
+                       algorithm=algo.name, value_type=int(value.type),
+                       detail=f"{algo.name} cannot be computed here")
+    digest = hasher(algo)
+    if isinstance(digest, Verdict):
+        return digest
+    if keyring.is_blacklisted(digest.value):
+        return Verdict(name, Status.FAIL, Cause.BLACKLISTED_HASH, key_id=value.key_id,
+                       algorithm=algo.name, value_type=int(value.type), digest=digest.value,
+                       detail="the content digest is blacklisted")
+    for cert in certs:
+        if cert.verifies(algo, digest.value, value.signature):
+            return Verdict(name, Status.PASS, None, key_id=value.key_id, algorithm=algo.name,
+                           value_type=int(value.type), digest=digest.value,
+                           signer=cert.description)
+    return Verdict(name, Status.FAIL, Cause.INVALID_SIGNATURE, key_id=value.key_id,
+                   algorithm=algo.name, value_type=int(value.type), digest=digest.value,
+                   detail="signature does not match the content")
+
+
+class _Hasher:
+    """Hashes the target once per algorithm, turning file problems into a verdict."""
+
+    def __init__(self, name: str, ref: FileRef | None, data: bytes | None) -> None:
+        self.name = name
+        self.ref = ref
+        self.data = data
+
+    def __call__(self, algo: HashAlgo) -> Digest | Verdict:
+        if not algo.computable:
+            return Verdict(self.name, Status.UNKNOWN, Cause.UNKNOWN, algorithm=algo.name,
+                           detail=f"{algo.name} cannot be computed here")
+        if self.data is not None:
+            return hash_bytes(self.data, algo)
+        assert self.ref is not None  # noqa: S101 - one of ref/data is always set
+        try:
+            return hash_fd(self.ref, algo)
+        except FileError as e:
+            return Verdict(self.name, Status.UNKNOWN, Cause.UNKNOWN, algorithm=algo.name,
+                           detail=e.reason)
+
+
+def _keyring(keyring: Keyring | str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> Keyring:
+    if isinstance(keyring, Keyring):
+        return keyring
+    if isinstance(keyring, str | os.PathLike):
+        return Keyring.load(keyring)
+    return Keyring.load(*keyring)
+
+
+def appraise(
+    target: Target,
+    keyring: Keyring | str | os.PathLike[str],
+    *,
+    require: Require = "signature",
+    algorithms: Iterable[str] | None = None,
+    store: SignatureStore | str | None = None,
+    value: bytes | None = None,
+) -> Verdict:
+    """Appraise a file against a keyring; returns a :class:`Verdict`, never raises for a bad file.
+
+    ``require`` is ``"signature"`` by default: a bare digest value is not evidence of
+    anything unless something else (EVM, a signed digest list) protects it. ``algorithms``
+    restricts the hash algorithms accepted (as the kernel's ``appraise_algos``). ``value``
+    gives the stored value directly (needed for bytes targets; overrides the store).
+    A keyring given as a path is loaded; its errors do raise (they are the caller's).
+    """
+    ring = _keyring(keyring)
+    allowed = frozenset(hashalgo.by_name(a).name for a in algorithms) if algorithms is not None else None
+    if require not in ("signature", "digest", "any"):
+        raise UsageError(f"require must be 'signature', 'digest' or 'any', not {require!r}")
+    name = _name(target)
+    if isinstance(target, bytes):
+        return _verdict_from_value(name, value, _Hasher(name, None, target), ring, require, allowed)
+    st = _store(store)
+    try:
+        with open_target(target) as ref:
+            if value is None:
+                try:
+                    raw = st.read(ref)
+                except StoreError as e:
+                    return Verdict(name, Status.UNKNOWN, Cause.UNKNOWN, detail=str(e).split(": ", 1)[-1])
+            else:
+                raw = value
+            return _verdict_from_value(name, raw, _Hasher(name, ref, None), ring, require, allowed)
+    except FileError as e:
+        return Verdict(name, Status.UNKNOWN, Cause.UNKNOWN, detail=e.reason)
+
+
+def verify_file(
+    target: Target,
+    keyring: Keyring | str | os.PathLike[str],
+    **kwargs: object,
+) -> Verdict:
+    """Like :func:`appraise`, but raise VerificationError unless the file passes."""
+    verdict = appraise(target, keyring, **kwargs)  # type: ignore[arg-type]
+    if not verdict.passed:
+        raise VerificationError(f"{verdict.target}: {verdict.describe()}", verdict)
+    return verdict
+
+
+_TYPE_NAMES = {
+    0x01: "digest",
+    0x02: "evm-hmac",
+    0x03: "signature-v2",
+    0x04: "digest-ng",
+    0x05: "evm-portable-signature",
+    0x06: "signature-v3-verity",
+}
+
+
+def _info_from_raw(name: str, raw: bytes | None, store_name: str) -> SignatureInfo:
+    if raw is None:
+        return SignatureInfo(name, present=False, store=store_name)
+    kind = raw[0] if raw else None
+    base = SignatureInfo(
+        name,
+        present=True,
+        value_type=kind,
+        type_name=_TYPE_NAMES.get(kind) if kind is not None else None,
+        value_size=len(raw),
+        store=store_name,
+    )
+    try:
+        value = parse_value(raw)
+    except FormatError as e:
+        return replace(base, error=str(e))
+    if isinstance(value, SignatureValue):
+        return replace(base, algorithm=value.algorithm.name, key_id=value.key_id,
+                       signature_size=len(value.signature))
+    if isinstance(value, HmacValue):
+        return replace(base, algorithm="sha1", digest=value.hmac)
+    return replace(base, algorithm=value.algorithm.name, digest=value.digest)
+
+
+def signature_info(
+    target: Target,
+    *,
+    store: SignatureStore | str | None = None,
+    value: bytes | None = None,
+) -> SignatureInfo:
+    """Decode what is stored for a file without verifying it: no hashing, no key lookup.
+
+    Raises FileError/StoreError when the file or its store cannot be read at all; a
+    malformed value is reported in ``.error``.
+    """
+    name = _name(target)
+    if isinstance(target, bytes) or value is not None:
+        return _info_from_raw(name, value, "given")
+    st = _store(store)
+    with open_target(target) as ref:
+        return _info_from_raw(name, st.read(ref), st.name)
+

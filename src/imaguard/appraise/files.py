@@ -1,0 +1,156 @@
+"""Opening and hashing files safely.
+
+* A path is opened ``O_RDONLY | O_NONBLOCK | O_NOCTTY``: a FIFO then opens at once
+  instead of hanging, and ``fstat`` on the descriptor (not the path) decides whether it
+  is a regular file, so there is no window between the check and the use.
+* Hashing reads into one reused buffer and compares ``fstat`` before and after; a file
+  whose size, mtime, ctime or inode changed while it was read raises
+  :class:`~imaguard.FileChangedError` and is never signed or trusted.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from imaguard.errors import FileChangedError, FileError
+from imaguard.formats.hashalgo import HashAlgo
+
+__all__ = ["Digest", "FileRef", "Target", "file_kind", "hash_bytes", "hash_fd", "open_target"]
+
+Target = str | os.PathLike[str] | int | bytes
+"""What the library calls accept: a path, an open file descriptor, or the content itself."""
+
+BUFFER_SIZE = 1 << 20
+"""Read size for hashing: large enough that the per-call cost is noise, small enough for RSS."""
+
+_local = threading.local()
+
+_KINDS = {
+    stat.S_IFDIR: "a directory",
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFLNK: "a symbolic link",
+}
+
+
+def file_kind(mode: int) -> str:
+    """A human name for a file type ("a FIFO", "a regular file", ...)."""
+    return _KINDS.get(stat.S_IFMT(mode), "a regular file" if stat.S_ISREG(mode) else "unknown")
+
+
+@dataclass(frozen=True)
+class Digest:
+    """A content digest with the algorithm that made it."""
+
+    algorithm: HashAlgo
+    value: bytes
+    size: int
+
+    @property
+    def hex(self) -> str:
+        return self.value.hex()
+
+
+@dataclass(frozen=True)
+class FileRef:
+    """An open regular file: its descriptor, the name to report, and the path if known."""
+
+    fd: int
+    name: str
+    path: str | None
+    st: os.stat_result
+
+
+def _describe_target(target: Target) -> str:
+    if isinstance(target, int):
+        return f"<fd {target}>"
+    if isinstance(target, bytes):
+        return "<bytes>"
+    return os.fspath(target)
+
+
+def _identity(st: os.stat_result) -> tuple[int, int, int, int, int]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+@contextmanager
+def open_target(target: str | os.PathLike[str] | int, *, follow_symlinks: bool = True) -> Iterator[FileRef]:
+    """Open a path (or adopt a descriptor) as a regular file; FileError otherwise.
+
+    A descriptor passed in is used as is and not closed. A path is opened without
+    blocking and closed on exit.
+    """
+    name = _describe_target(target)
+    if isinstance(target, int):
+        try:
+            st = os.fstat(target)
+        except OSError as e:
+            raise FileError(name, f"not an open file descriptor ({e.strerror})") from e
+        if not stat.S_ISREG(st.st_mode):
+            raise FileError(name, f"is {file_kind(st.st_mode)}, not a regular file")
+        yield FileRef(target, name, None, st)
+        return
+    path = os.fspath(target)
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+    if not follow_symlinks:
+        flags |= os.O_NOFOLLOW
+    try:
+        fd = os.open(path, flags)
+    except OSError as e:
+        if e.errno == errno.ELOOP and not follow_symlinks:
+            raise FileError(path, "is a symbolic link (not followed)") from e
+        if e.errno == errno.ENXIO:
+            raise FileError(path, "is a socket or a device with nothing behind it") from e
+        raise FileError(path, e.strerror or str(e)) from e
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise FileError(path, f"is {file_kind(st.st_mode)}, not a regular file")
+        # The file is regular: blocking reads are what we want from here on.
+        os.set_blocking(fd, True)
+        yield FileRef(fd, path, path, st)
+    finally:
+        os.close(fd)
+
+
+def _buffer() -> memoryview:
+    buf: memoryview | None = getattr(_local, "buf", None)
+    if buf is None:
+        buf = memoryview(bytearray(BUFFER_SIZE))
+        _local.buf = buf
+    return buf
+
+
+def hash_fd(ref: FileRef, algorithm: HashAlgo) -> Digest:
+    """Hash an open regular file from offset 0, detecting changes while it is read."""
+    h = algorithm.new()
+    view = _buffer()
+    before = os.fstat(ref.fd)
+    offset = 0
+    try:
+        while True:
+            n = os.preadv(ref.fd, [view], offset)
+            if n == 0:
+                break
+            h.update(view[:n])
+            offset += n
+    except OSError as e:
+        raise FileError(ref.name, f"read failed: {e.strerror or e}") from e
+    after = os.fstat(ref.fd)
+    if _identity(before) != _identity(after) or offset != after.st_size:
+        raise FileChangedError(ref.name, "changed while it was being hashed; not trusted")
+    return Digest(algorithm, h.digest(), offset)
+
+
+def hash_bytes(data: bytes, algorithm: HashAlgo) -> Digest:
+    h = algorithm.new()
+    h.update(data)
+    return Digest(algorithm, h.digest(), len(data))

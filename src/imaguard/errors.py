@@ -1,0 +1,63 @@
+"""The one error tree of imaguard.
+
+Every error imaguard raises derives from :class:`Error`. The branches are the
+things a caller can act on::
+
+    Error
+    ├── FormatError          a value on the wire (xattr, signature header, ...) is malformed
+    ├── KeyLoadError         a key or certificate cannot be loaded or used
+    ├── VerificationError    a verification that was asked to raise did not pass
+    ├── FileError            a file cannot be used: unreadable, not regular, changed while read
+    │   └── FileChangedError the file changed while it was being hashed
+    ├── StoreError           a signature store cannot read or write (no xattr support, ...)
+    └── UsageError           the caller asked for something that makes no sense
+
+Foreign exceptions (``OSError``, ``ValueError`` from ``cryptography``) are wrapped at
+the boundary with ``raise ... from``, so the cause stays visible for debugging.
+"""
+
+from __future__ import annotations
+
+
+class Error(Exception):
+    """Root of every error imaguard raises."""
+
+
+class FormatError(Error):
+    """Bytes on the wire are malformed, truncated or of an unknown kind."""
+
+
+class KeyLoadError(Error):
+    """A key or certificate cannot be loaded, or is of a type or size imaguard refuses."""
+
+
+class VerificationError(Error):
+    """A verification that was asked to raise did not pass.
+
+    ``verdict`` carries the structured result when one exists.
+    """
+
+    def __init__(self, message: str, verdict: object | None = None) -> None:
+        super().__init__(message)
+        self.verdict = verdict
+
+
+class FileError(Error):
+    """A file cannot be used: it is unreadable, not a regular file, or vanished."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class FileChangedError(FileError):
+    """The file changed while it was being hashed; nothing was signed or trusted."""
+
+
+class StoreError(Error):
+    """A signature store cannot read or write (no xattr support, permission, ...)."""
+
+
+class UsageError(Error):
+    """The caller asked for something that makes no sense (a directory without -r, ...)."""
