@@ -16,7 +16,7 @@ import stat
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from imaguard.appraise.files import file_kind
@@ -31,7 +31,7 @@ INLINE_LIMIT = 256
 """Batches this small run in the calling process: forking would cost more than it saves."""
 
 
-class Outcome(str, Enum):
+class Outcome(StrEnum):
     OK = "ok"
     FAILED = "failed"
     """The file was examined and did not verify."""

@@ -1,4 +1,4 @@
-"""The direct calls: ``hash_file``, ``sign_file``, ``appraise``, ``verify_file``, ``signature_info``.
+"""The direct calls: ``hash_file``, ``sign_file``, ``appraise``, ``verify_file``, ...
 
 No policy, no cache: every call opens the file, reads what it needs and decides.
 ``appraise`` returns a :class:`Verdict` and never raises for a bad file; ``verify_file``
@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import replace
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Literal
 
 from imaguard.appraise.files import Digest, FileRef, Target, hash_bytes, hash_fd, open_target
@@ -122,7 +122,9 @@ def sign_file(
     return value
 
 
-def sign_bytes(data: bytes, key: PrivateKey, algorithm: str | HashAlgo = DEFAULT_ALGORITHM) -> SignatureValue:
+def sign_bytes(
+    data: bytes, key: PrivateKey, algorithm: str | HashAlgo = DEFAULT_ALGORITHM
+) -> SignatureValue:
     """The v2 signature value for ``data`` (nothing is stored)."""
     algo = _algo(algorithm)
     digest = hash_bytes(data, algo)
@@ -145,9 +147,13 @@ def _verdict_from_value(
         return Verdict(name, Status.NO_XATTR, cause, detail="no value stored for this file")
     if len(raw) == 0 or raw[0] not in (1, 3, 4, 6):
         kind = f"0x{raw[0]:02x}" if raw else "an empty value"
-        return Verdict(name, Status.UNKNOWN, Cause.UNKNOWN_IMA_DATA,
-                       value_type=raw[0] if raw else None,
-                       detail=f"stored value of type {kind} is not an IMA hash or signature")
+        return Verdict(
+            name,
+            Status.UNKNOWN,
+            Cause.UNKNOWN_IMA_DATA,
+            value_type=raw[0] if raw else None,
+            detail=f"stored value of type {kind} is not an IMA hash or signature",
+        )
     try:
         value = parse_value(raw)
     except FormatError as e:
@@ -158,68 +164,147 @@ def _verdict_from_value(
         else:
             cause = Cause.INVALID_SIGNATURE
         return Verdict(name, Status.FAIL, cause, value_type=raw[0], detail=str(e))
-    assert not isinstance(value, HmacValue)  # excluded by the type-byte check above  # noqa: S101
+    assert not isinstance(value, HmacValue)  # excluded by the type-byte check above
     algo = value.algorithm
     if algorithms is not None and algo.name not in algorithms:
-        return Verdict(name, Status.FAIL, Cause.DENIED_HASH_ALGORITHM, algorithm=algo.name,
-                       value_type=int(value.type),
-                       detail=f"{algo.name} is not among the allowed algorithms "
-                              f"({', '.join(sorted(algorithms))})")
+        return Verdict(
+            name,
+            Status.FAIL,
+            Cause.DENIED_HASH_ALGORITHM,
+            algorithm=algo.name,
+            value_type=int(value.type),
+            detail=f"{algo.name} is not among the allowed algorithms "
+            f"({', '.join(sorted(algorithms))})",
+        )
     if isinstance(value, DigestValue | DigestNgValue):
         if require == "signature":
-            return Verdict(name, Status.FAIL, Cause.SIGNATURE_REQUIRED, algorithm=algo.name,
-                           value_type=int(value.type),
-                           detail="a digest is stored but a signature is required")
+            return Verdict(
+                name,
+                Status.FAIL,
+                Cause.SIGNATURE_REQUIRED,
+                algorithm=algo.name,
+                value_type=int(value.type),
+                detail="a digest is stored but a signature is required",
+            )
         digest = hasher(algo)
         if isinstance(digest, Verdict):
             return digest
         if keyring.is_blacklisted(digest.value):
-            return Verdict(name, Status.FAIL, Cause.BLACKLISTED_HASH, algorithm=algo.name,
-                           value_type=int(value.type), digest=digest.value,
-                           detail="the content digest is blacklisted")
+            return Verdict(
+                name,
+                Status.FAIL,
+                Cause.BLACKLISTED_HASH,
+                algorithm=algo.name,
+                value_type=int(value.type),
+                digest=digest.value,
+                detail="the content digest is blacklisted",
+            )
         if digest.value != value.digest:
-            return Verdict(name, Status.FAIL, Cause.INVALID_HASH, algorithm=algo.name,
-                           value_type=int(value.type), digest=digest.value,
-                           detail="content does not match the stored digest")
-        return Verdict(name, Status.PASS, None, algorithm=algo.name,
-                       value_type=int(value.type), digest=digest.value)
+            return Verdict(
+                name,
+                Status.FAIL,
+                Cause.INVALID_HASH,
+                algorithm=algo.name,
+                value_type=int(value.type),
+                digest=digest.value,
+                detail="content does not match the stored digest",
+            )
+        return Verdict(
+            name,
+            Status.PASS,
+            None,
+            algorithm=algo.name,
+            value_type=int(value.type),
+            digest=digest.value,
+        )
     # A signature.
     if require == "digest":
-        return Verdict(name, Status.FAIL, Cause.MISSING_HASH, key_id=value.key_id,
-                       algorithm=algo.name, value_type=int(value.type),
-                       detail="a signature is stored but a digest value is required")
+        return Verdict(
+            name,
+            Status.FAIL,
+            Cause.MISSING_HASH,
+            key_id=value.key_id,
+            algorithm=algo.name,
+            value_type=int(value.type),
+            detail="a signature is stored but a digest value is required",
+        )
     if value.type == XattrType.IMA_VERITY_DIGSIG:
-        return Verdict(name, Status.UNKNOWN, Cause.SIGV3_HASHING_ERROR, key_id=value.key_id,
-                       algorithm=algo.name, value_type=int(value.type),
-                       detail="sigv3 (fs-verity) signatures are not appraised yet")
+        return Verdict(
+            name,
+            Status.UNKNOWN,
+            Cause.SIGV3_HASHING_ERROR,
+            key_id=value.key_id,
+            algorithm=algo.name,
+            value_type=int(value.type),
+            detail="sigv3 (fs-verity) signatures are not appraised yet",
+        )
     certs = keyring.lookup(value.key_id)
     if not certs:
-        return Verdict(name, Status.UNKNOWN_KEY, Cause.INVALID_SIGNATURE, key_id=value.key_id,
-                       algorithm=algo.name, value_type=int(value.type),
-                       detail=f"no key with id {value.key_id:08x} in keyring {keyring.name}")
+        return Verdict(
+            name,
+            Status.UNKNOWN_KEY,
+            Cause.INVALID_SIGNATURE,
+            key_id=value.key_id,
+            algorithm=algo.name,
+            value_type=int(value.type),
+            detail=f"no key with id {value.key_id:08x} in keyring {keyring.name}",
+        )
     if keyring.is_revoked(value.key_id):
-        return Verdict(name, Status.FAIL, Cause.INVALID_SIGNATURE, key_id=value.key_id,
-                       algorithm=algo.name, value_type=int(value.type),
-                       detail=f"key {value.key_id:08x} is revoked")
+        return Verdict(
+            name,
+            Status.FAIL,
+            Cause.INVALID_SIGNATURE,
+            key_id=value.key_id,
+            algorithm=algo.name,
+            value_type=int(value.type),
+            detail=f"key {value.key_id:08x} is revoked",
+        )
     if not algo.computable:
-        return Verdict(name, Status.UNKNOWN, Cause.UNKNOWN, key_id=value.key_id,
-                       algorithm=algo.name, value_type=int(value.type),
-                       detail=f"{algo.name} cannot be computed here")
+        return Verdict(
+            name,
+            Status.UNKNOWN,
+            Cause.UNKNOWN,
+            key_id=value.key_id,
+            algorithm=algo.name,
+            value_type=int(value.type),
+            detail=f"{algo.name} cannot be computed here",
+        )
     digest = hasher(algo)
     if isinstance(digest, Verdict):
         return digest
     if keyring.is_blacklisted(digest.value):
-        return Verdict(name, Status.FAIL, Cause.BLACKLISTED_HASH, key_id=value.key_id,
-                       algorithm=algo.name, value_type=int(value.type), digest=digest.value,
-                       detail="the content digest is blacklisted")
+        return Verdict(
+            name,
+            Status.FAIL,
+            Cause.BLACKLISTED_HASH,
+            key_id=value.key_id,
+            algorithm=algo.name,
+            value_type=int(value.type),
+            digest=digest.value,
+            detail="the content digest is blacklisted",
+        )
     for cert in certs:
         if cert.verifies(algo, digest.value, value.signature):
-            return Verdict(name, Status.PASS, None, key_id=value.key_id, algorithm=algo.name,
-                           value_type=int(value.type), digest=digest.value,
-                           signer=cert.description)
-    return Verdict(name, Status.FAIL, Cause.INVALID_SIGNATURE, key_id=value.key_id,
-                   algorithm=algo.name, value_type=int(value.type), digest=digest.value,
-                   detail="signature does not match the content")
+            return Verdict(
+                name,
+                Status.PASS,
+                None,
+                key_id=value.key_id,
+                algorithm=algo.name,
+                value_type=int(value.type),
+                digest=digest.value,
+                signer=cert.description,
+            )
+    return Verdict(
+        name,
+        Status.FAIL,
+        Cause.INVALID_SIGNATURE,
+        key_id=value.key_id,
+        algorithm=algo.name,
+        value_type=int(value.type),
+        digest=digest.value,
+        detail="signature does not match the content",
+    )
 
 
 class _Hasher:
@@ -232,19 +317,27 @@ class _Hasher:
 
     def __call__(self, algo: HashAlgo) -> Digest | Verdict:
         if not algo.computable:
-            return Verdict(self.name, Status.UNKNOWN, Cause.UNKNOWN, algorithm=algo.name,
-                           detail=f"{algo.name} cannot be computed here")
+            return Verdict(
+                self.name,
+                Status.UNKNOWN,
+                Cause.UNKNOWN,
+                algorithm=algo.name,
+                detail=f"{algo.name} cannot be computed here",
+            )
         if self.data is not None:
             return hash_bytes(self.data, algo)
-        assert self.ref is not None  # noqa: S101 - one of ref/data is always set
+        assert self.ref is not None
         try:
             return hash_fd(self.ref, algo)
         except FileError as e:
-            return Verdict(self.name, Status.UNKNOWN, Cause.UNKNOWN, algorithm=algo.name,
-                           detail=e.reason)
+            return Verdict(
+                self.name, Status.UNKNOWN, Cause.UNKNOWN, algorithm=algo.name, detail=e.reason
+            )
 
 
-def _keyring(keyring: Keyring | str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> Keyring:
+def _keyring(
+    keyring: Keyring | str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
+) -> Keyring:
     if isinstance(keyring, Keyring):
         return keyring
     if isinstance(keyring, str | os.PathLike):
@@ -270,7 +363,9 @@ def appraise(
     A keyring given as a path is loaded; its errors do raise (they are the caller's).
     """
     ring = _keyring(keyring)
-    allowed = frozenset(hashalgo.by_name(a).name for a in algorithms) if algorithms is not None else None
+    allowed = (
+        frozenset(hashalgo.by_name(a).name for a in algorithms) if algorithms is not None else None
+    )
     if require not in ("signature", "digest", "any"):
         raise UsageError(f"require must be 'signature', 'digest' or 'any', not {require!r}")
     name = _name(target)
@@ -283,7 +378,9 @@ def appraise(
                 try:
                     raw = st.read(ref)
                 except StoreError as e:
-                    return Verdict(name, Status.UNKNOWN, Cause.UNKNOWN, detail=str(e).split(": ", 1)[-1])
+                    return Verdict(
+                        name, Status.UNKNOWN, Cause.UNKNOWN, detail=str(e).split(": ", 1)[-1]
+                    )
             else:
                 raw = value
             return _verdict_from_value(name, raw, _Hasher(name, ref, None), ring, require, allowed)
@@ -330,8 +427,12 @@ def _info_from_raw(name: str, raw: bytes | None, store_name: str) -> SignatureIn
     except FormatError as e:
         return replace(base, error=str(e))
     if isinstance(value, SignatureValue):
-        return replace(base, algorithm=value.algorithm.name, key_id=value.key_id,
-                       signature_size=len(value.signature))
+        return replace(
+            base,
+            algorithm=value.algorithm.name,
+            key_id=value.key_id,
+            signature_size=len(value.signature),
+        )
     if isinstance(value, HmacValue):
         return replace(base, algorithm="sha1", digest=value.hmac)
     return replace(base, algorithm=value.algorithm.name, digest=value.digest)
@@ -354,4 +455,3 @@ def signature_info(
     st = _store(store)
     with open_target(target) as ref:
         return _info_from_raw(name, st.read(ref), st.name)
-

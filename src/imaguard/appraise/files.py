@@ -82,7 +82,9 @@ def _identity(st: os.stat_result) -> tuple[int, int, int, int, int]:
 
 
 @contextmanager
-def open_target(target: str | os.PathLike[str] | int, *, follow_symlinks: bool = True) -> Iterator[FileRef]:
+def open_target(
+    target: str | os.PathLike[str] | int, *, follow_symlinks: bool = True
+) -> Iterator[FileRef]:
     """Open a path (or adopt a descriptor) as a regular file; FileError otherwise.
 
     A descriptor passed in is used as is and not closed. A path is opened without

@@ -14,6 +14,7 @@ a sidecar through a temporary file and ``rename``.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 from typing import Protocol
@@ -52,9 +53,14 @@ class SignatureStore(Protocol):
 
 def _xattr_error(ref: FileRef, attr: str, e: OSError, doing: str) -> StoreError:
     if e.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
-        return StoreError(f"{ref.name}: the filesystem does not support extended attributes ({attr})")
+        return StoreError(
+            f"{ref.name}: the filesystem does not support extended attributes ({attr})"
+        )
     if e.errno == errno.EPERM and attr.startswith("security."):
-        return StoreError(f"{ref.name}: writing {attr} needs root (CAP_SYS_ADMIN); try --store user-xattr or sigfile")
+        return StoreError(
+            f"{ref.name}: writing {attr} needs root (CAP_SYS_ADMIN); "
+            "try --store user-xattr or sigfile"
+        )
     if e.errno == errno.E2BIG or e.errno == errno.ERANGE:
         return StoreError(f"{ref.name}: {attr} value is too large")
     return StoreError(f"{ref.name}: cannot {doing} {attr}: {e.strerror or e}")
@@ -106,7 +112,9 @@ class SidecarStore:
             if not (st.st_mode & 0o170000) == 0o100000:
                 raise StoreError(f"{path}: signature file is not a regular file")
             if st.st_size > MAX_VALUE_SIZE:
-                raise StoreError(f"{path}: signature file is {st.st_size} bytes (at most {MAX_VALUE_SIZE})")
+                raise StoreError(
+                    f"{path}: signature file is {st.st_size} bytes (at most {MAX_VALUE_SIZE})"
+                )
             with os.fdopen(os.dup(fd), "rb") as f:
                 return f.read(MAX_VALUE_SIZE + 1)
         finally:
@@ -125,10 +133,8 @@ class SidecarStore:
                 os.close(fd)
             os.replace(tmp, path)
         except OSError as e:
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(tmp)
-            except OSError:
-                pass
             raise StoreError(f"{path}: cannot write signature file: {e.strerror or e}") from e
 
 

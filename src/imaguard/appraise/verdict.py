@@ -11,16 +11,16 @@ A verdict has no truth value: code that decides must read ``verdict.passed`` or
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 __all__ = ["Cause", "SignatureInfo", "Status", "Verdict"]
 
 
-class Status(str, Enum):
+class Status(StrEnum):
     """Outcome of an appraisal."""
 
-    PASS = "pass"
+    PASS = "pass"  # noqa: S105 - a status, not a password
     FAIL = "fail"
     NO_XATTR = "no-xattr"
     """No value is stored for the file (the kernel's NOLABEL)."""

@@ -23,6 +23,7 @@ import click
 import imaguard
 from imaguard.appraise import batch
 from imaguard.appraise.batch import Outcome, Result
+from imaguard.appraise.calls import Require
 from imaguard.appraise.store import STORE_NAMES, SidecarStore, SignatureStore, store_for
 from imaguard.crypto.keygen import KEY_TYPES
 from imaguard.errors import Error
@@ -35,7 +36,7 @@ EXIT_FAILED = 1
 EXIT_ERROR = 2
 
 
-class _Exit(Exception):
+class _Exit(Exception):  # noqa: N818 - control flow, not an error
     def __init__(self, code: int) -> None:
         self.code = code
 
@@ -74,11 +75,16 @@ def _store_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 def _walk_options(f: Callable[..., Any]) -> Callable[..., Any]:
     f = click.option(
-        "-j", "--jobs", type=click.IntRange(min=1), default=None,
+        "-j",
+        "--jobs",
+        type=click.IntRange(min=1),
+        default=None,
         help="Worker processes for -r (default: all cores).",
     )(f)
     f = click.option(
-        "-L", "--follow-symlinks", is_flag=True,
+        "-L",
+        "--follow-symlinks",
+        is_flag=True,
         help="Follow symbolic links while walking (default: never).",
     )(f)
     return click.option("-r", "--recursive", is_flag=True, help="Walk directories.")(f)
@@ -140,7 +146,9 @@ def _run_batch(
     echo_ok: Callable[[Result], None] | None = None,
 ) -> list[Result]:
     skip = (SidecarStore.suffix,) if isinstance(store, SidecarStore) else ()
-    entries = list(batch.walk(paths, recursive=recursive, follow_symlinks=follow, skip_suffixes=skip))
+    entries = list(
+        batch.walk(paths, recursive=recursive, follow_symlinks=follow, skip_suffixes=skip)
+    )
     progress = _Progress(len(entries), label)
 
     def report(r: Result) -> None:
@@ -195,9 +203,19 @@ def keys() -> None:
 
 
 @keys.command("generate")
-@click.option("--type", "key_type", type=click.Choice(KEY_TYPES), default="rsa2048", show_default=True)
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Directory to write to.")
-@click.option("--cn", default="imaguard signing key", show_default=True, help="Certificate common name.")
+@click.option(
+    "--type", "key_type", type=click.Choice(KEY_TYPES), default="rsa2048", show_default=True
+)
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Directory to write to.",
+)
+@click.option(
+    "--cn", default="imaguard signing key", show_default=True, help="Certificate common name."
+)
 @click.option("--days", type=click.IntRange(min=1), default=3650, show_default=True)
 @click.option("--force", is_flag=True, help="Overwrite existing files.")
 def keys_generate(key_type: str, out_dir: str, cn: str, days: int, force: bool) -> None:
@@ -210,20 +228,47 @@ def keys_generate(key_type: str, out_dir: str, cn: str, days: int, force: bool) 
 
 
 @cli.command()
-@click.option("-k", "--key", "key_path", required=True, type=click.Path(dir_okay=False), help="Private key (PEM or DER).")
-@click.option("--cert", "cert_path", type=click.Path(dir_okay=False), default=None,
-              help="Certificate whose SKID gives the key id (as evmctl --keyid-from-cert).")
-@click.option("-p", "--pass", "password", default=None,
-              help="Password of an encrypted key (prefer the IMAGUARD_KEY_PASSWORD variable).")
-@click.option("-a", "--algo", "algorithm", type=_algorithm_choice(), default="sha256", show_default=True)
+@click.option(
+    "-k",
+    "--key",
+    "key_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Private key (PEM or DER).",
+)
+@click.option(
+    "--cert",
+    "cert_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Certificate whose SKID gives the key id (as evmctl --keyid-from-cert).",
+)
+@click.option(
+    "-p",
+    "--pass",
+    "password",
+    default=None,
+    help="Password of an encrypted key (prefer the IMAGUARD_KEY_PASSWORD variable).",
+)
+@click.option(
+    "-a", "--algo", "algorithm", type=_algorithm_choice(), default="sha256", show_default=True
+)
 @_store_options
 @_walk_options
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.pass_context
 def sign(
-    ctx: click.Context, key_path: str, cert_path: str | None, password: str | None,
-    algorithm: str, store: str | None, xattr_user: bool, recursive: bool,
-    follow_symlinks: bool, jobs: int | None, paths: tuple[str, ...],
+    ctx: click.Context,
+    key_path: str,
+    cert_path: str | None,
+    password: str | None,
+    algorithm: str,
+    store: str | None,
+    xattr_user: bool,
+    recursive: bool,
+    follow_symlinks: bool,
+    jobs: int | None,
+    paths: tuple[str, ...],
 ) -> None:
     """Sign files: write a v2 signature (type 0x03) of their content."""
     st = _resolve_store(store, xattr_user)
@@ -237,9 +282,16 @@ def sign(
         value = imaguard.sign_file(path, key, algo, st)
         return Result(path, Outcome.OK, value.serialize().hex() if verbose else "")
 
-    results = _run_batch(paths, op, recursive=recursive, follow=follow_symlinks, jobs=jobs,
-                         store=st, label="signing",
-                         echo_ok=(lambda r: click.echo(f"{r.path}: {r.message}")) if verbose else None)
+    results = _run_batch(
+        paths,
+        op,
+        recursive=recursive,
+        follow=follow_symlinks,
+        jobs=jobs,
+        store=st,
+        label="signing",
+        echo_ok=(lambda r: click.echo(f"{r.path}: {r.message}")) if verbose else None,
+    )
     raise _Exit(_summary("signed", results, recursive))
 
 
@@ -250,35 +302,68 @@ def _load_keyring(certs: Sequence[str], keyrings: Sequence[str]) -> imaguard.Key
 
 
 @cli.command()
-@click.option("--cert", "certs", multiple=True, type=click.Path(), help="Trusted certificate (PEM or DER); repeatable.")
-@click.option("--keyring", "keyrings", multiple=True, type=click.Path(), help="Directory of trusted certificates; repeatable.")
-@click.option("--allow-digest", is_flag=True,
-              help="Also accept a bare digest value (only safe when something else protects it).")
+@click.option(
+    "--cert",
+    "certs",
+    multiple=True,
+    type=click.Path(),
+    help="Trusted certificate (PEM or DER); repeatable.",
+)
+@click.option(
+    "--keyring",
+    "keyrings",
+    multiple=True,
+    type=click.Path(),
+    help="Directory of trusted certificates; repeatable.",
+)
+@click.option(
+    "--allow-digest",
+    is_flag=True,
+    help="Also accept a bare digest value (only safe when something else protects it).",
+)
 @_store_options
 @_walk_options
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array of verdicts.")
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.pass_context
 def verify(
-    ctx: click.Context, certs: tuple[str, ...], keyrings: tuple[str, ...], allow_digest: bool,
-    store: str | None, xattr_user: bool, recursive: bool, follow_symlinks: bool,
-    jobs: int | None, as_json: bool, paths: tuple[str, ...],
+    ctx: click.Context,
+    certs: tuple[str, ...],
+    keyrings: tuple[str, ...],
+    allow_digest: bool,
+    store: str | None,
+    xattr_user: bool,
+    recursive: bool,
+    follow_symlinks: bool,
+    jobs: int | None,
+    as_json: bool,
+    paths: tuple[str, ...],
 ) -> None:
     """Verify files against trusted keys; exit 1 if any file fails."""
     st = _resolve_store(store, xattr_user)
     ring = _load_keyring(certs, keyrings)
-    require: imaguard.appraise.Require = "any" if allow_digest else "signature"
+    require: Require = "any" if allow_digest else "signature"
     verbose = ctx.obj["verbose"] > 0
 
     def op(path: str) -> Result:
         verdict = imaguard.appraise(path, ring, require=require, store=st)
         outcome = Outcome.OK if verdict.passed else Outcome.FAILED
-        return Result(path, outcome, f"{path}: {verdict.describe()}",
-                      verdict.to_dict() if as_json else None)
+        return Result(
+            path, outcome, f"{path}: {verdict.describe()}", verdict.to_dict() if as_json else None
+        )
 
     echo_ok = None if as_json or not verbose else (lambda r: click.echo(r.message))
-    results = _run_batch(paths, op, recursive=recursive, follow=follow_symlinks, jobs=jobs,
-                         store=st, label="verifying", echo_failures=not as_json, echo_ok=echo_ok)
+    results = _run_batch(
+        paths,
+        op,
+        recursive=recursive,
+        follow=follow_symlinks,
+        jobs=jobs,
+        store=st,
+        label="verifying",
+        echo_failures=not as_json,
+        echo_ok=echo_ok,
+    )
     if as_json:
         out = []
         for r in results:
@@ -291,14 +376,22 @@ def verify(
 
 
 @cli.command("hash")
-@click.option("-a", "--algo", "algorithm", type=_algorithm_choice(), default="sha256", show_default=True)
+@click.option(
+    "-a", "--algo", "algorithm", type=_algorithm_choice(), default="sha256", show_default=True
+)
 @_store_options
 @_walk_options
 @click.option("-n", "--dry-run", is_flag=True, help="Print the value; store nothing.")
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 def hash_cmd(
-    algorithm: str, store: str | None, xattr_user: bool, recursive: bool,
-    follow_symlinks: bool, jobs: int | None, dry_run: bool, paths: tuple[str, ...],
+    algorithm: str,
+    store: str | None,
+    xattr_user: bool,
+    recursive: bool,
+    follow_symlinks: bool,
+    jobs: int | None,
+    dry_run: bool,
+    paths: tuple[str, ...],
 ) -> None:
     """Store the digest value (0x04; 0x01 for md5/sha1, as the kernel) and print it."""
     st = _resolve_store(store, xattr_user)
@@ -314,9 +407,16 @@ def hash_cmd(
             value = imaguard.store_digest(path, algo, st)
         return Result(path, Outcome.OK, value.serialize().hex())
 
-    results = _run_batch(paths, op, recursive=recursive, follow=follow_symlinks, jobs=jobs,
-                         store=st, label="hashing",
-                         echo_ok=lambda r: click.echo(f"{r.message}  {r.path}"))
+    results = _run_batch(
+        paths,
+        op,
+        recursive=recursive,
+        follow=follow_symlinks,
+        jobs=jobs,
+        store=st,
+        label="hashing",
+        echo_ok=lambda r: click.echo(f"{r.message}  {r.path}"),
+    )
     raise _Exit(_summary("hashed", results, recursive))
 
 
@@ -347,11 +447,15 @@ def show(store: str | None, xattr_user: bool, as_json: bool, paths: tuple[str, .
         elif info.signed:
             click.echo(
                 f"{path}: {info.type_name} type=0x{info.value_type:02x} algo={info.algorithm} "
-                f"keyid={info.key_id:08x} sig={info.signature_size} bytes value={info.value_size} bytes"
+                f"keyid={info.key_id:08x} sig={info.signature_size} bytes "
+                f"value={info.value_size} bytes"
             )
         else:
             digest = info.digest.hex() if info.digest else ""
-            click.echo(f"{path}: {info.type_name} type=0x{info.value_type:02x} algo={info.algorithm} {digest}")
+            click.echo(
+                f"{path}: {info.type_name} type=0x{info.value_type:02x} "
+                f"algo={info.algorithm} {digest}"
+            )
     if as_json:
         click.echo(json.dumps(infos, indent=2))
     raise _Exit(code)
@@ -361,8 +465,11 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     """Entry point: run the command and map every outcome to an exit code."""
     code = EXIT_OK
     try:
-        cli.main(args=list(argv) if argv is not None else None, prog_name="imaguard",
-                 standalone_mode=False)
+        cli.main(
+            args=list(argv) if argv is not None else None,
+            prog_name="imaguard",
+            standalone_mode=False,
+        )
     except _Exit as e:
         code = e.code
     except click.exceptions.Exit as e:

@@ -79,7 +79,7 @@ def generate_key(
     key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
     if key_type.startswith("rsa") and key_type[3:] in {"2048", "3072", "4096"}:
         key = rsa.generate_private_key(public_exponent=65537, key_size=int(key_type[3:]))
-        sig_hash: hashes.HashAlgorithm = hashes.SHA256()
+        sig_hash: hashes.SHA256 | hashes.SHA384 = hashes.SHA256()
     elif key_type == "ecdsa-p256":
         key = ec.generate_private_key(ec.SECP256R1())
         sig_hash = hashes.SHA256()

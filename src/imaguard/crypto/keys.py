@@ -61,7 +61,7 @@ _CRYPTO_HASHES: dict[str, type[hashes.HashAlgorithm]] = {
     "sha3-512": hashes.SHA3_512,
 }
 
-PASSWORD_ENV = "IMAGUARD_KEY_PASSWORD"
+PASSWORD_ENV = "IMAGUARD_KEY_PASSWORD"  # noqa: S105 - the variable's name
 
 
 def _crypto_hash(algorithm: HashAlgo) -> hashes.HashAlgorithm:
@@ -101,7 +101,9 @@ def _check_supported(public_key: object, where: str) -> PublicKey:
                 f"{where}: EC key on curve {public_key.curve.name}; imaguard accepts P-256, P-384"
             )
         return public_key
-    raise KeyLoadError(f"{where}: {type(public_key).__name__} keys are not supported (RSA or ECDSA)")
+    raise KeyLoadError(
+        f"{where}: {type(public_key).__name__} keys are not supported (RSA or ECDSA)"
+    )
 
 
 def _verify(public_key: PublicKey, algorithm: HashAlgo, digest: bytes, signature: bytes) -> bool:
@@ -235,7 +237,9 @@ class PrivateKey:
                 return self.key.sign(digest, padding.PKCS1v15(), prehashed)
             return self.key.sign(digest, ec.ECDSA(prehashed))
         except (ValueError, UnsupportedAlgorithm) as e:
-            raise KeyLoadError(f"cannot sign a {algorithm.name} digest with {self.description}: {e}") from e
+            raise KeyLoadError(
+                f"cannot sign a {algorithm.name} digest with {self.description}: {e}"
+            ) from e
 
 
 def _read(source: str | os.PathLike[str] | bytes, what: str) -> tuple[bytes, str]:
@@ -325,7 +329,8 @@ def iter_certificate_files(paths: Iterable[str | os.PathLike[str]]) -> list[Path
         path = Path(p)
         if path.is_dir():
             found = sorted(
-                c for c in path.iterdir()
+                c
+                for c in path.iterdir()
                 if c.is_file() and c.suffix.lower() in {".pem", ".der", ".crt", ".cer", ".x509"}
             )
             out.extend(found)

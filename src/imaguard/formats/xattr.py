@@ -102,9 +102,7 @@ class DigestValue:
             if body[16:] == b"\0\0\0\0":
                 return cls(body[:16], padded=True)
             return cls(body)
-        raise FormatError(
-            f"0x01 digest value: {len(data)} bytes; expected 17 (md5) or 21 (sha1)"
-        )
+        raise FormatError(f"0x01 digest value: {len(data)} bytes; expected 17 (md5) or 21 (sha1)")
 
     def serialize(self) -> bytes:
         tail = b"\0\0\0\0" if self.padded else b""
@@ -232,9 +230,7 @@ class SignatureValue:
         algo = by_id(algo_id)
         rest = len(data) - SIGNATURE_HEADER_SIZE
         if size != rest:
-            raise FormatError(
-                f"{what}: header says {size} signature bytes but {rest} follow"
-            )
+            raise FormatError(f"{what}: header says {size} signature bytes but {rest} follow")
         return cls(sig_type, algo, key_id, data[SIGNATURE_HEADER_SIZE:])
 
     def serialize(self) -> bytes:
@@ -274,7 +270,9 @@ def digest_value(algorithm: HashAlgo, digest: bytes) -> DigestValue | DigestNgVa
     return DigestNgValue(algorithm, digest)
 
 
-def file_id(algorithm: HashAlgo, digest: bytes, hash_type: int = XattrType.IMA_VERITY_DIGSIG) -> bytes:
+def file_id(
+    algorithm: HashAlgo, digest: bytes, hash_type: int = XattrType.IMA_VERITY_DIGSIG
+) -> bytes:
     """The leading ``2 + digest_size`` bytes of ``struct ima_file_id`` (signed by sigv3)."""
     if len(digest) != algorithm.digest_size or len(digest) > HASH_MAX_DIGESTSIZE:
         raise FormatError(
