@@ -10,6 +10,8 @@ things a caller can act on::
     ├── FileError            a file cannot be used: unreadable, not regular, changed while read
     │   └── FileChangedError the file changed while it was being hashed
     ├── StoreError           a signature store cannot read or write (no xattr support, ...)
+    ├── PolicyError          a policy does not parse, or a change to it is refused
+    │   └── PolicyLockedError    refused by a lock or a version rule
     └── UsageError           the caller asked for something that makes no sense
 
 Foreign exceptions (``OSError``, ``ValueError`` from ``cryptography``) are wrapped at
@@ -61,3 +63,21 @@ class StoreError(Error):
 
 class UsageError(Error):
     """The caller asked for something that makes no sense (a directory without -r, ...)."""
+
+
+class PolicyError(Error):
+    """A policy cannot be loaded, changed or evaluated.
+
+    For a policy that does not parse, ``problems`` lists every malformed line as
+    ``(source, line, column, reason)``; the message shows them as ``FILE:LINE:COL: reason``.
+    """
+
+    def __init__(
+        self, message: str, problems: list[tuple[str, int, int, str]] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.problems = problems or []
+
+
+class PolicyLockedError(PolicyError):
+    """A change was refused by the policy's lock or version (rollback, sealed, unsigned, ...)."""

@@ -1,0 +1,53 @@
+"""The policy engine: the kernel's IMA policy language and semantics, and policy sets.
+
+See DESIGN §3 for the multi-policy semantics.
+"""
+
+from imaguard.policy.ast import Action, IdCondition, Rule
+from imaguard.policy.builtin import BUILTIN_NAMES, Builtin, builtin_policy
+from imaguard.policy.compiled import CompiledPolicy
+from imaguard.policy.evaluate import (
+    Object,
+    PolicyDecision,
+    Request,
+    Subject,
+    evaluate_naive,
+    match_rule,
+    parse_mask,
+)
+from imaguard.policy.parser import Mode, Policy, parse_policy, parse_rule
+from imaguard.policy.policyset import (
+    Conflict,
+    Lock,
+    MeasureTarget,
+    PolicySet,
+    Provenance,
+    SetDecision,
+)
+
+__all__ = [
+    "BUILTIN_NAMES",
+    "Action",
+    "Builtin",
+    "CompiledPolicy",
+    "Conflict",
+    "IdCondition",
+    "Lock",
+    "MeasureTarget",
+    "Mode",
+    "Object",
+    "Policy",
+    "PolicyDecision",
+    "PolicySet",
+    "Provenance",
+    "Request",
+    "Rule",
+    "SetDecision",
+    "Subject",
+    "builtin_policy",
+    "evaluate_naive",
+    "match_rule",
+    "parse_mask",
+    "parse_policy",
+    "parse_rule",
+]
