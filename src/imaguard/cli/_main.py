@@ -461,6 +461,218 @@ def show(store: str | None, xattr_user: bool, as_json: bool, paths: tuple[str, .
     raise _Exit(code)
 
 
+@cli.group()
+def policy() -> None:
+    """Check, print and evaluate IMA policies (kernel grammar)."""
+
+
+_MODE = click.option(
+    "--mode",
+    type=click.Choice(["kernel", "imaguard"]),
+    default="kernel",
+    show_default=True,
+    help="kernel: exactly the kernel's grammar; imaguard: plus app hooks, path=, cache=no.",
+)
+
+
+def _read_policy_file(path: str, mode: str, name: str | None = None) -> Any:
+    from imaguard.policy import parse_policy
+
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise Error(f"{path}: cannot read policy: {e.strerror or e}") from e
+    return parse_policy(data, mode=mode, source=name or path)  # type: ignore[arg-type]
+
+
+@policy.command("check")
+@_MODE
+@click.argument("files", nargs=-1, required=True, type=click.Path())
+def policy_check(mode: str, files: tuple[str, ...]) -> None:
+    """Validate policy files: exit 0 valid, 1 invalid (FILE:LINE:COL: reason), 2 unreadable."""
+    from imaguard.errors import PolicyError
+
+    code = EXIT_OK
+    for path in files:
+        try:
+            p = _read_policy_file(path, mode)
+        except PolicyError as e:
+            for source, line, col, reason in e.problems:
+                click.echo(f"{source}:{line}:{col}: {reason}")
+            if not e.problems:
+                click.echo(f"{path}: {e}")
+            code = max(code, EXIT_FAILED)
+            continue
+        except Error as e:
+            _err(str(e))
+            code = EXIT_ERROR
+            continue
+        click.echo(f"{path}: ok ({len(p)} rules)", err=True)
+    raise _Exit(code)
+
+
+def _builtin(names: str) -> Any:
+    from imaguard.policy import builtin_policy
+
+    return builtin_policy(names)
+
+
+@policy.command("show")
+@click.option(
+    "--builtin",
+    "builtin_names",
+    default=None,
+    help="Built-in names, as ima_policy= (tcb|appraise_tcb).",
+)
+@_MODE
+@click.argument("file", required=False, type=click.Path())
+def policy_show(builtin_names: str | None, mode: str, file: str | None) -> None:
+    """Print a policy in the kernel's read-back format (one canonical line per rule)."""
+    if (builtin_names is None) == (file is None):
+        raise click.UsageError("give a policy FILE or --builtin NAMES (one of them)")
+    pol = (
+        _builtin(builtin_names).policy
+        if builtin_names is not None
+        else _read_policy_file(file or "", mode)
+    )
+    click.echo(pol.text(), nl=False)
+    raise _Exit(EXIT_OK)
+
+
+def _policy_spec(spec: str) -> tuple[str, str]:
+    name, sep, path = spec.partition("=")
+    if sep and name and "/" not in name:
+        return name, path
+    return os.path.splitext(os.path.basename(spec))[0] or spec, spec
+
+
+@policy.command("eval")
+@click.option("--policy", "policies", multiple=True, help="[NAME=]FILE; repeat for a policy set.")
+@click.option(
+    "--builtin", "builtin_names", default=None, help="Built-in names (tcb,appraise_tcb or tcb|...)."
+)
+@_MODE
+@click.option("--func", "func", required=True, help="The hook (FILE_CHECK, BPRM_CHECK, ...).")
+@click.option("--mask", default=None, help="MAY_READ, or several joined by '|'.")
+@click.option("--uid", type=int, default=None)
+@click.option("--euid", type=int, default=None)
+@click.option("--gid", type=int, default=None)
+@click.option("--egid", type=int, default=None)
+@click.option("--fowner", type=int, default=None)
+@click.option("--fgroup", type=int, default=None)
+@click.option("--fsmagic", default=None, help="Filesystem magic, hexadecimal.")
+@click.option("--fsname", default=None)
+@click.option("--fsuuid", default=None)
+@click.option("--path", "obj_path", default=None)
+@click.option("--cap-setuid", is_flag=True)
+@click.option("--cap-setgid", is_flag=True)
+@click.option("--subj-user", default=None)
+@click.option("--subj-role", default=None)
+@click.option("--subj-type", default=None)
+@click.option("--obj-user", default=None)
+@click.option("--obj-role", default=None)
+@click.option("--obj-type", default=None)
+@click.option("--keyring", "keyring_name", default=None, help="Keyring name (KEY_CHECK).")
+@click.option("--label", default=None, help="Data label (CRITICAL_DATA).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def policy_eval(
+    policies: tuple[str, ...],
+    builtin_names: str | None,
+    mode: str,
+    func: str,
+    mask: str | None,
+    uid: int | None,
+    euid: int | None,
+    gid: int | None,
+    egid: int | None,
+    fowner: int | None,
+    fgroup: int | None,
+    fsmagic: str | None,
+    fsname: str | None,
+    fsuuid: str | None,
+    obj_path: str | None,
+    cap_setuid: bool,
+    cap_setgid: bool,
+    subj_user: str | None,
+    subj_role: str | None,
+    subj_type: str | None,
+    obj_user: str | None,
+    obj_role: str | None,
+    obj_type: str | None,
+    keyring_name: str | None,
+    label: str | None,
+    as_json: bool,
+) -> None:
+    """Decide which actions the policy (or policy set) demands for one request."""
+    from imaguard.policy import Object, PolicySet, Request, Subject, parse_mask
+    from imaguard.policy.ast import FUNC_ALIASES
+
+    if not policies and builtin_names is None:
+        raise click.UsageError("give --policy [NAME=]FILE (repeatable) or --builtin NAMES")
+    pset = PolicySet()
+    if builtin_names is not None:
+        b = _builtin(builtin_names)
+        pset.add("builtin", b.policy, fail_securely=b.fail_securely)
+    for spec in policies:
+        name, path = _policy_spec(spec)
+        pset.add(name, _read_policy_file(path, mode, None))
+    magic = None
+    if fsmagic is not None:
+        try:
+            magic = int(fsmagic, 16)
+        except ValueError:
+            raise click.BadParameter(
+                f"{fsmagic!r} is not hexadecimal", param_hint="--fsmagic"
+            ) from None
+    hook = FUNC_ALIASES.get(func, func)
+    data = keyring_name if hook == "KEY_CHECK" else label
+    req = Request(
+        hook,
+        parse_mask(mask),
+        Subject(
+            uid=uid,
+            euid=euid,
+            gid=gid,
+            egid=egid,
+            cap_setuid=cap_setuid,
+            cap_setgid=cap_setgid,
+            user=subj_user,
+            role=subj_role,
+            type=subj_type,
+        ),
+        Object(
+            fowner=fowner,
+            fgroup=fgroup,
+            fsmagic=magic,
+            fsname=fsname,
+            fsuuid=fsuuid,
+            user=obj_user,
+            role=obj_role,
+            type=obj_type,
+            path=obj_path,
+        ),
+        data,
+    )
+    decision = pset.evaluate(req)
+    if as_json:
+        click.echo(json.dumps(decision.to_json(), indent=2))
+    else:
+        kinds = [k for k in ("measure", "appraise", "audit", "hash") if getattr(decision, k)]
+        click.echo("actions: " + (", ".join(kinds) if kinds else "none"))
+        if decision.appraise_type:
+            click.echo(f"appraise_type: {decision.appraise_type}")
+        if decision.appraise_algos is not None:
+            click.echo("appraise_algos: " + ",".join(decision.appraise_algos))
+        if decision.measure:
+            click.echo(f"pcr: {decision.pcr}  template: {decision.template or '(default)'}")
+        for p in decision.provenance:
+            click.echo(f"  {p.action:<14} {p.policy}:{p.line}: {p.rule}")
+        if decision.conflict:
+            click.echo(f"CONFLICT (fails closed): {decision.conflict.reason}")
+    raise _Exit(EXIT_OK)
+
+
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     """Entry point: run the command and map every outcome to an exit code."""
     code = EXIT_OK
