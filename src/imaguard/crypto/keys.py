@@ -270,14 +270,22 @@ def load_private_key(
     accepts) signs with that certificate's key id.
     """
     data, where = _read(source, "private key")
+    explicit = password is not None
     pw = _password_bytes(password)
-    loaders = (
-        (serialization.load_pem_private_key,)
+    loader = (
+        serialization.load_pem_private_key
         if b"-----BEGIN" in data
-        else (serialization.load_der_private_key,)
+        else serialization.load_der_private_key
     )
     try:
-        key = loaders[0](data, password=pw)
+        try:
+            key = loader(data, password=pw)
+        except TypeError as e:
+            if "not encrypted" in str(e) and not explicit:
+                # A password from the environment is meant for encrypted keys only.
+                key = loader(data, password=None)
+            else:
+                raise
     except TypeError as e:
         msg = str(e)
         if "encrypted" in msg and pw is None:
@@ -289,7 +297,7 @@ def load_private_key(
             raise KeyLoadError(f"{where}: a password was given but the key is not encrypted") from e
         raise KeyLoadError(f"{where}: cannot load private key: {msg}") from e
     except ValueError as e:
-        if pw is not None and b"ENCRYPTED" in data:
+        if pw is not None and (b"ENCRYPTED" in data or "password" in str(e).lower()):
             raise KeyLoadError(f"{where}: wrong password for the encrypted private key") from e
         raise KeyLoadError(f"{where}: not a PEM or DER private key ({e})") from e
     except UnsupportedAlgorithm as e:

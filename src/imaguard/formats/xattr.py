@@ -263,6 +263,10 @@ def digest_value(algorithm: HashAlgo, digest: bytes) -> DigestValue | DigestNgVa
 
     This is also what ``evmctl ima_hash`` writes, so the bytes compare equal.
     """
+    if len(digest) != algorithm.digest_size:
+        raise FormatError(
+            f"{algorithm.name} digest must be {algorithm.digest_size} bytes, got {len(digest)}"
+        )
     if algorithm.id <= 2:
         if algorithm.name == "md4":
             raise FormatError("md4 digests cannot be stored in a 0x01 value")

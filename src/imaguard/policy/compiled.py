@@ -9,13 +9,15 @@ Three steps turn a rule list into something fast while keeping the kernel's answ
 2. **By action kind.** The kinds are decided independently (first match per kind), so
    each hook's list is split into one list per kind; the decision is the first match in
    each, folded together in list order exactly as the kernel folds them.
-3. **By a discriminating condition.** A long list is split on the equality condition
-   that best separates it (fsmagic, fsname, fsuuid, uid, gid, fowner, fgroup, path,
-   exact mask, keyring/label): one bucket per value holding the rules with that value and
-   the rules without the condition, in order. A lookup picks one bucket.
+3. **By an inverted index.** Each rule is filed under one equality condition it has
+   (path, fsuuid, fsmagic, fowner, uid, fgroup, gid, fsname, exact mask, or keyring/label
+   for data hooks), or in a wildcard list. A request gathers the wildcard list and the
+   one bucket per attribute that carries its own value; only those rules are checked,
+   in list order.
 
-Each final list becomes one generated Python function, an ``if`` per rule testing only
-that rule's conditions, returning the index of the first match. Generated code only
+Each rule's conditions become one generated Python function (a single expression over
+the request's fields), and folded decisions are memoised per set of deciding rules.
+Generated code only
 embeds ``repr()`` of parsed integers and strings.
 """
 
@@ -30,9 +32,10 @@ from imaguard.policy.evaluate import PolicyDecision, Request, decide, requested_
 
 __all__ = ["CompiledPolicy"]
 
-LEAF_SIZE = 12
-MAX_DEPTH = 3
-MAX_BUCKET_CELLS = 4_000_000
+LEAF_SIZE = 8
+"""Lists of at most this many rules are scanned in order without an index."""
+MEMO_SIZE = 4096
+"""Distinct decisions remembered per hook (the fold of the same rules is the same)."""
 
 _ENV_FIELDS = (
     "mask",
@@ -138,41 +141,32 @@ def _conditions(rule: Rule, hook_class: str) -> list[str]:
     return conds
 
 
-Scan = Callable[[_Env], int]
+Predicate = Callable[[_Env], bool]
 
 
-def _generate(entries: Sequence[tuple[int, Rule]], hook_class: str) -> Scan:
-    if not entries:
-        return lambda _e: -1
-    body: list[str] = []
-    used: set[str] = set()
-    for index, rule in entries:
+def _predicates(rules: Sequence[Rule], hook_class: str) -> list[Predicate]:
+    """One generated function per rule, compiled together: ``r<i>(env) -> bool``."""
+    lines: list[str] = []
+    for i, rule in enumerate(rules):
         conds = _conditions(rule, hook_class)
-        if not conds:
-            body.append(f"    return {index}")
-            break
-        for field_name in _ENV_FIELDS:
-            if any(field_name in c for c in conds):
-                used.add(field_name)
-        body.append(f"    if {' and '.join(conds)}:\n        return {index}")
-    else:
-        body.append("    return -1")
-    loads = [f"    {name} = e.{name}" for name in _ENV_FIELDS if name in used]
-    source = "def _scan(e):\n" + "\n".join(loads + body) + "\n"
+        used = [f for f in _ENV_FIELDS if any(f in c for c in conds)]
+        lines.append(f"def r{i}(e):")
+        lines.extend(f"    {name} = e.{name}" for name in used)
+        lines.append(f"    return bool({' and '.join(conds) if conds else 'True'})")
     namespace: dict[str, Any] = {}
+    source = "\n".join(lines) + "\n"
     exec(compile(source, "<imaguard-policy>", "exec"), namespace)  # noqa: S102 - see module doc
-    scan: Scan = namespace["_scan"]
-    return scan
+    return [namespace[f"r{i}"] for i in range(len(rules))]
 
 
 _WILD = object()
 
+# Equality conditions used to index rules, most selective first.
+_ATTRS_FILE = ("path", "fsuuid", "fsmagic", "fowner", "uid", "fgroup", "gid", "fsname", "mask")
+
 
 def _key(rule: Rule, attr: str, hook_class: str) -> Any:
     """The rule's equality value for ``attr``, or _WILD when any value may match."""
-    if attr == "data":
-        items = rule.keyrings if rule.func == "KEY_CHECK" else rule.labels
-        return _WILD if items is None else items
     if attr == "mask":
         if rule.mask is None or rule.inmask or hook_class == "post_setattr":
             return _WILD
@@ -188,77 +182,78 @@ def _key(rule: Rule, attr: str, hook_class: str) -> Any:
     return _WILD if value is None else value
 
 
-_ATTRS_FILE = ("fsmagic", "path", "fowner", "uid", "fsname", "fsuuid", "fgroup", "gid", "mask")
-_ATTRS_DATA = ("data",)
+class _Finder:
+    """First matching rule of one action kind, through an inverted index.
 
+    Each rule is filed once, under one equality condition it has (``attr == value``), or
+    in the wildcard list when it has none. A request can only match rules filed under
+    its own values, so the candidates are the wildcard list plus one bucket per indexed
+    attribute; they are checked in list order and the first that holds wins.
+    """
 
-class _Leaf:
-    __slots__ = ("scan",)
-
-    def __init__(self, scan: Scan) -> None:
-        self.scan = scan
-
-    def find(self, env: _Env) -> int:
-        return self.scan(env)
-
-
-class _Split:
-    __slots__ = ("attr", "default", "table")
+    __slots__ = ("index", "preds", "wild")
 
     def __init__(
-        self, attr: str, table: dict[Any, _Leaf | _Split], default: _Leaf | _Split
+        self, entries: list[tuple[int, Rule]], hook_class: str, preds: dict[int, Predicate]
     ) -> None:
-        self.attr = attr
-        self.table = table
-        self.default = default
+        self.preds = preds
+        self.wild: list[int] = []
+        self.index: list[tuple[str, dict[Any, list[int]]]] = []
+        if len(entries) <= LEAF_SIZE:
+            self.wild = [i for i, _ in entries]
+            return
+        tables: dict[str, dict[Any, list[int]]] = {}
+        for i, rule in entries:
+            filed = False
+            if hook_class == "data":
+                items = rule.keyrings if rule.func == "KEY_CHECK" else rule.labels
+                if items is not None:
+                    table = tables.setdefault("data", {})
+                    for item in items:
+                        table.setdefault(item, []).append(i)
+                    filed = True
+            else:
+                for attr in _ATTRS_FILE:
+                    key = _key(rule, attr, hook_class)
+                    if key is not _WILD:
+                        tables.setdefault(attr, {}).setdefault(key, []).append(i)
+                        filed = True
+                        break
+            if not filed:
+                self.wild.append(i)
+        self.index = list(tables.items())
 
     def find(self, env: _Env) -> int:
-        return self.table.get(getattr(env, self.attr), self.default).find(env)
+        cands = self.wild
+        merged = False
+        for attr, table in self.index:
+            bucket = table.get(getattr(env, attr))
+            if bucket:
+                cands = [*cands, *bucket]
+                merged = True
+        if merged:
+            cands.sort()
+        preds = self.preds
+        for i in cands:
+            if preds[i](env):
+                return i
+        return -1
 
 
-def _build(
-    entries: list[tuple[int, Rule]], hook_class: str, attrs: tuple[str, ...], depth: int
-) -> _Leaf | _Split:
-    if len(entries) <= LEAF_SIZE or depth >= MAX_DEPTH or not attrs:
-        return _Leaf(_generate(entries, hook_class))
-    best: tuple[int, str] | None = None
-    for attr in attrs:
-        wild = sum(1 for _, r in entries if _key(r, attr, hook_class) is _WILD)
-        if wild * 2 <= len(entries) and (best is None or wild < best[0]):
-            best = (wild, attr)
-    if best is None:
-        return _Leaf(_generate(entries, hook_class))
-    attr = best[1]
-    wild_entries = [(i, r) for i, r in entries if _key(r, attr, hook_class) is _WILD]
-    specific: dict[Any, list[tuple[int, Rule]]] = {}
-    for i, r in entries:
-        key = _key(r, attr, hook_class)
-        if key is _WILD:
-            continue
-        for value in key if attr == "data" else (key,):
-            specific.setdefault(value, []).append((i, r))
-    if len(specific) * max(len(wild_entries), 1) > MAX_BUCKET_CELLS:
-        return _Leaf(_generate(entries, hook_class))
-    rest = tuple(a for a in attrs if a != attr)
-    table: dict[Any, _Leaf | _Split] = {}
-    for value, spec in specific.items():
-        merged = sorted(spec + wild_entries, key=lambda e: e[0])
-        table[value] = _build(merged, hook_class, rest, depth + 1)
-    default = _build(wild_entries, hook_class, rest, depth + 1)
-    return _Split(attr, table, default)
-
-
-@dataclass(frozen=True)
+@dataclass
 class _HookPlan:
-    finders: tuple[_Leaf | _Split, ...]
+    finders: tuple[_Finder, ...]
     rules: tuple[Rule, ...]
+    memo: dict[tuple[int, ...], PolicyDecision]
 
     def evaluate(self, env: _Env) -> PolicyDecision:
-        hits = [i for f in self.finders if (i := f.find(env)) >= 0]
-        if not hits:
-            return decide([])
-        hits.sort()
-        return decide([self.rules[i] for i in hits])
+        hits = tuple(sorted(i for f in self.finders if (i := f.find(env)) >= 0))
+        decision = self.memo.get(hits)
+        if decision is None:
+            decision = decide([self.rules[i] for i in hits])
+            if len(self.memo) < MEMO_SIZE:
+                self.memo[hits] = decision
+        return decision
 
 
 class CompiledPolicy:
@@ -279,15 +274,16 @@ class CompiledPolicy:
         else:
             hook_class = "file"
             candidates = [(i, r) for i, r in enumerate(self.rules) if r.func in (None, func)]
-        attrs = _ATTRS_DATA if hook_class == "data" else _ATTRS_FILE
         finders = []
+        preds_list = _predicates([r for _, r in candidates], hook_class)
+        preds = {i: preds_list[n] for n, (i, _) in enumerate(candidates)}
         for kind in ACTION_KINDS:
             if kind not in self.kinds:
                 continue
             of_kind = [(i, r) for i, r in candidates if r.action.kind == kind]
             if of_kind:
-                finders.append(_build(of_kind, hook_class, attrs, 0))
-        plan = _HookPlan(tuple(finders), self.rules)
+                finders.append(_Finder(of_kind, hook_class, preds))
+        plan = _HookPlan(tuple(finders), self.rules, {})
         self._plans[func] = plan
         return plan
 
