@@ -237,12 +237,18 @@ def tools() -> Tools:
 
 
 @pytest.fixture(scope="session")
-def interop_keys(tools: Tools, keys_dir: dict[str, Path]) -> dict[str, KeyFiles]:
-    """The shared generated keys of KEY_TYPES, plus pub.pem made by openssl."""
+def interop_keys(
+    tools: Tools, keys_dir: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, KeyFiles]:
+    """The shared generated keys of KEY_TYPES, plus pub.pem made by openssl.
+
+    pub.pem goes to a directory of its own: the shared key directories stay as made.
+    """
     out: dict[str, KeyFiles] = {}
+    pubs = tmp_path_factory.mktemp("interop-pub")
     for key_type in KEY_TYPES:
         d = keys_dir[key_type]
-        pub = d / "pub.pem"
+        pub = pubs / f"{key_type}.pem"
         r = tools.checked("openssl", "x509", "-in", d / "cert.pem", "-pubkey", "-noout")
         pub.write_bytes(r.stdout)
         out[key_type] = KeyFiles(key_type, d / "private.pem", d / "cert.pem", d / "cert.der", pub)

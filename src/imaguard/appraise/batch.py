@@ -98,7 +98,7 @@ def _walk_dir(
         with os.scandir(top) as it:
             entries = sorted(it, key=lambda e: e.name)
     except OSError as e:
-        yield WalkEntry(top, f"cannot list directory: {e.strerror or e}")
+        yield WalkEntry(top, error=f"cannot list directory: {e.strerror or e}")
         return
     for entry in entries:
         try:
@@ -114,7 +114,7 @@ def _walk_dir(
                 mode = entry.stat(follow_symlinks=follow).st_mode
                 yield WalkEntry(entry.path, f"{file_kind(mode)}, not a regular file")
         except OSError as e:
-            yield WalkEntry(entry.path, f"cannot stat: {e.strerror or e}")
+            yield WalkEntry(entry.path, error=f"cannot stat: {e.strerror or e}")
 
 
 Operation = Callable[[str], Result]

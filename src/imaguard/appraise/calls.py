@@ -133,6 +133,16 @@ def sign_bytes(
     )
 
 
+def _lenient_parse(raw: bytes) -> DigestValue | DigestNgValue | HmacValue | SignatureValue:
+    """Parse as the kernel reads a value for appraisal: a 0x04 digest may carry trailing
+    bytes (only the first digest_size bytes are compared, spec §3.8 step 4)."""
+    if raw[0] == 4 and len(raw) >= 2:
+        algo = hashalgo.by_id(raw[1])
+        if len(raw) > 2 + algo.digest_size:
+            return DigestNgValue(algo, raw[2 : 2 + algo.digest_size])
+    return parse_value(raw)
+
+
 def _verdict_from_value(
     name: str,
     raw: bytes | None,
@@ -154,12 +164,29 @@ def _verdict_from_value(
             value_type=raw[0] if raw else None,
             detail=f"stored value of type {kind} is not an IMA hash or signature",
         )
+    if raw[0] in (1, 4) and require == "signature":
+        # The kernel refuses a hash before looking at it when a signature is required.
+        return Verdict(
+            name,
+            Status.FAIL,
+            Cause.SIGNATURE_REQUIRED,
+            value_type=raw[0],
+            detail="a digest is stored but a signature is required",
+        )
+    if raw[0] == 6 and require == "signature":
+        return Verdict(
+            name,
+            Status.FAIL,
+            Cause.SIGNATURE_REQUIRED,
+            value_type=6,
+            detail="a sigv3 (fs-verity) signature is stored; an IMA signature is required",
+        )
     try:
-        value = parse_value(raw)
+        value = _lenient_parse(raw)
     except FormatError as e:
         if raw[0] in (1, 4):
             cause = Cause.INVALID_HASH
-        elif "version" in str(e):
+        elif len(raw) > 1 and ((raw[0] == 3 and raw[1] >= 3) or (raw[0] == 6 and raw[1] != 3)):
             cause = Cause.INVALID_SIGNATURE_VERSION
         else:
             cause = Cause.INVALID_SIGNATURE

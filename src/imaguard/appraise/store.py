@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import tempfile
 from typing import Protocol
 
 from imaguard.appraise.files import FileRef
@@ -58,7 +59,8 @@ def _xattr_error(ref: FileRef, attr: str, e: OSError, doing: str) -> StoreError:
         )
     if e.errno == errno.EPERM and attr.startswith("security."):
         return StoreError(
-            f"{ref.name}: writing {attr} needs root (CAP_SYS_ADMIN); "
+            f"{ref.name}: writing {attr} needs root (CAP_SYS_ADMIN) and a file that is not "
+            "immutable; "
             "try --store user-xattr or sigfile"
         )
     if e.errno == errno.E2BIG or e.errno == errno.ERANGE:
@@ -123,9 +125,12 @@ class SidecarStore:
     def write(self, ref: FileRef, value: bytes) -> None:
         path = self._path(ref)
         directory, base = os.path.split(path)
-        tmp = os.path.join(directory, f".{base}.{os.getpid()}.tmp")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp", dir=directory or ".")
+        except OSError as e:
+            raise StoreError(f"{path}: cannot write signature file: {e.strerror or e}") from e
+        try:
+            os.fchmod(fd, 0o644)
             try:
                 os.write(fd, value)
                 os.fsync(fd)

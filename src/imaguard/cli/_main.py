@@ -25,11 +25,14 @@ from imaguard.appraise import batch
 from imaguard.appraise.batch import Outcome, Result
 from imaguard.appraise.calls import Require
 from imaguard.appraise.store import STORE_NAMES, SidecarStore, SignatureStore, store_for
+from imaguard.appraise.verdict import Cause, Status, Verdict
 from imaguard.crypto.keygen import KEY_TYPES
 from imaguard.errors import Error
 from imaguard.formats import hashalgo
 
 _log = logging.getLogger("imaguard.cli")
+
+_VERDICT_KEYS = tuple(Verdict("", Status.UNKNOWN).to_dict())
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -347,7 +350,13 @@ def verify(
 
     def op(path: str) -> Result:
         verdict = imaguard.appraise(path, ring, require=require, store=st)
-        outcome = Outcome.OK if verdict.passed else Outcome.FAILED
+        if verdict.passed:
+            outcome = Outcome.OK
+        elif verdict.status is Status.UNKNOWN and verdict.cause == Cause.UNKNOWN:
+            # The file could not be examined (unreadable, vanished, no xattr support).
+            outcome = Outcome.ERROR
+        else:
+            outcome = Outcome.FAILED
         return Result(
             path, outcome, f"{path}: {verdict.describe()}", verdict.to_dict() if as_json else None
         )
@@ -370,7 +379,10 @@ def verify(
             if r.data is not None:
                 out.append(r.data)
             else:
-                out.append({"path": r.path, "status": r.outcome.value, "detail": r.message})
+                blank = dict.fromkeys(_VERDICT_KEYS)
+                out.append(
+                    {**blank, "path": r.path, "status": r.outcome.value, "detail": r.message}
+                )
         click.echo(json.dumps(out, indent=2))
     raise _Exit(_summary("verified", results, recursive))
 

@@ -39,7 +39,10 @@ class GeneratedKey:
         not recoverable.
         """
         out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UsageError(f"{out}: cannot create the key directory: {e.strerror or e}") from e
         files = {
             out / "private.pem": self.private_key.key.private_bytes(
                 serialization.Encoding.PEM,
@@ -56,7 +59,10 @@ class GeneratedKey:
         for path, data in files.items():
             tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
             mode = 0o600 if path.name == "private.pem" else 0o644
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+            except OSError as e:
+                raise UsageError(f"{path}: cannot write: {e.strerror or e}") from e
             try:
                 with os.fdopen(fd, "wb") as f:
                     f.write(data)

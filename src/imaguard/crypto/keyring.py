@@ -46,9 +46,10 @@ class Keyring:
         """Load certificate files (PEM bundles or DER) and directories of them.
 
         In a directory, files ending in .pem .der .crt .cer .x509 are read; a PEM file
-        that holds only a private key is passed over. The same certificate given twice
-        counts once. An empty result is an error: a keyring that trusts nothing would
-        make every verification fail for a reason the user did not mean.
+        that holds only a key (private or public, no certificate) is passed over. The
+        same certificate given twice counts once. An empty result is an error: a keyring
+        that trusts nothing would make every verification fail for a reason the user did
+        not mean.
         """
         certs: list[Certificate] = []
         seen: set[bytes] = set()
@@ -59,8 +60,8 @@ class Keyring:
                     head = path.read_bytes()
                 except OSError as e:
                     raise KeyLoadError(f"{path}: cannot read certificate: {e.strerror}") from e
-                if b"PRIVATE KEY-----" in head and b"CERTIFICATE-----" not in head:
-                    _log.debug("skipping private key file %s in keyring directory", path)
+                if b"KEY-----" in head and b"CERTIFICATE-----" not in head:
+                    _log.debug("skipping key file %s in keyring directory", path)
                     continue
             for cert in load_certificates(path):
                 der = cert.der()

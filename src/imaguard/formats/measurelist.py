@@ -1,0 +1,264 @@
+"""Measurement lists: ``binary_runtime_measurements`` and ``ascii_runtime_measurements``.
+
+Spec kernel-ima.md §4.4-§4.5. One file per PCR bank: the template-digest column has
+that bank's digest size. Integers are little-endian (the kernel's canonical format, and
+native on x86).
+
+Binary record::
+
+    u32 pcr | digest[bank size] | u32 name_len | name | u32 data_len | data
+    (template "ima": no data_len; data = d[20] | u32 strlen(n) | n without NUL)
+
+ASCII line::
+
+    "%2d " pcr | hex(digest) | " " name | (" " rendering) per field | "\\n"
+
+:func:`parse_binary` / :func:`serialize_binary` and :func:`parse_ascii` /
+:func:`serialize_ascii` are exact inverses on well-formed input; every malformed,
+truncated or oversized record raises :class:`~imaguard.FormatError` naming its index
+and byte offset. :func:`iter_binary` is the fast path used by verification: it yields
+raw records without decoding fields.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from imaguard.errors import FormatError
+from imaguard.formats.template import (
+    MAX_NAME_LEN,
+    MAX_TEMPLATE_NAME,
+    TemplateDescriptor,
+    TemplateEntry,
+    render_field,
+    unrender_field,
+)
+
+__all__ = [
+    "MAX_TEMPLATE_DATA",
+    "LogRecord",
+    "RawRecord",
+    "iter_binary",
+    "parse_ascii",
+    "parse_binary",
+    "serialize_ascii",
+    "serialize_binary",
+    "split_fields",
+]
+
+MAX_TEMPLATE_DATA = 1 << 24
+"""Largest template data accepted for one record (16 MiB); larger is a corrupt length."""
+MAX_PCR = 24
+
+_U32 = struct.Struct("<I")
+
+
+@dataclass(frozen=True)
+class RawRecord:
+    """A record as stored: template data undecoded (what hashing and replay need)."""
+
+    index: int
+    offset: int
+    pcr: int
+    digest: bytes
+    template_name: str
+    template_data: bytes
+    """The bytes template digests are computed over (see TemplateEntry.template_data)."""
+
+    @property
+    def violation(self) -> bool:
+        return not any(self.digest)
+
+
+@dataclass(frozen=True)
+class LogRecord:
+    """A decoded record: the entry and the template digest stored with it."""
+
+    entry: TemplateEntry
+    digest: bytes
+
+
+_descriptors: dict[str, TemplateDescriptor] = {}
+
+
+def _descriptor(name: str, where: str) -> TemplateDescriptor:
+    desc = _descriptors.get(name)
+    if desc is None:
+        try:
+            desc = TemplateDescriptor.lookup(name)
+        except FormatError as e:
+            raise FormatError(f"{where}: {e}") from None
+        _descriptors[name] = desc
+    return desc
+
+
+def split_fields(data: bytes, count: int, where: str = "template data") -> tuple[bytes, ...]:
+    """Split ``u32 len || bytes`` fields; FormatError unless exactly ``count`` fill ``data``."""
+    out = []
+    pos = 0
+    end = len(data)
+    for i in range(count):
+        if pos + 4 > end:
+            raise FormatError(f"{where}: truncated before the length of field {i + 1} of {count}")
+        (n,) = _U32.unpack_from(data, pos)
+        pos += 4
+        if n > end - pos:
+            raise FormatError(f"{where}: field {i + 1} claims {n} bytes, {end - pos} remain")
+        out.append(bytes(data[pos : pos + n]))
+        pos += n
+    if pos != end:
+        raise FormatError(f"{where}: {end - pos} bytes after the last field")
+    return tuple(out)
+
+
+def iter_binary(data: bytes | memoryview, bank: str = "sha1") -> Iterator[RawRecord]:
+    """Yield raw records of a binary list for ``bank``; FormatError on the first bad one."""
+    size = hashlib.new(bank).digest_size
+    mv = memoryview(data)
+    end = len(mv)
+    pos = 0
+    index = 0
+    unpack = _U32.unpack_from
+    while pos < end:
+        start = pos
+        where = f"record {index} at byte {start}"
+        if end - pos < 4 + size + 4:
+            raise FormatError(f"{where}: truncated ({end - pos} bytes left)")
+        (pcr,) = unpack(mv, pos)
+        if pcr >= MAX_PCR:
+            raise FormatError(f"{where}: PCR index {pcr} (at most {MAX_PCR - 1})")
+        pos += 4
+        digest = bytes(mv[pos : pos + size])
+        pos += size
+        (name_len,) = unpack(mv, pos)
+        pos += 4
+        if name_len == 0 or name_len > MAX_TEMPLATE_NAME:
+            raise FormatError(f"{where}: template name length {name_len} (1-{MAX_TEMPLATE_NAME})")
+        if end - pos < name_len:
+            raise FormatError(f"{where}: truncated in the template name")
+        try:
+            tname = bytes(mv[pos : pos + name_len]).decode("ascii")
+        except UnicodeDecodeError:
+            raise FormatError(f"{where}: template name is not ASCII") from None
+        pos += name_len
+        if tname == "ima":
+            if end - pos < 24:
+                raise FormatError(f"{where}: truncated in the ima template data")
+            d = bytes(mv[pos : pos + 20])
+            (n_len,) = unpack(mv, pos + 20)
+            pos += 24
+            if n_len > 255 or end - pos < n_len:
+                raise FormatError(f"{where}: ima name length {n_len} is bad or truncated")
+            name = bytes(mv[pos : pos + n_len])
+            pos += n_len
+            td = d + name.ljust(256, b"\0")
+        else:
+            if end - pos < 4:
+                raise FormatError(f"{where}: truncated before the template data length")
+            (td_len,) = unpack(mv, pos)
+            pos += 4
+            if td_len > MAX_TEMPLATE_DATA:
+                raise FormatError(f"{where}: template data length {td_len} is oversized")
+            if end - pos < td_len:
+                raise FormatError(
+                    f"{where}: truncated in the template data ({td_len} claimed, {end - pos} left)"
+                )
+            td = bytes(mv[pos : pos + td_len])
+            pos += td_len
+        yield RawRecord(index, start, pcr, digest, tname, td)
+        index += 1
+
+
+def _entry_from_raw(raw: RawRecord) -> TemplateEntry:
+    where = f"record {raw.index} at byte {raw.offset}"
+    desc = _descriptor(raw.template_name, where)
+    violation = not any(raw.digest)
+    if desc.is_ima:
+        d = raw.template_data[:20]
+        name = raw.template_data[20:].rstrip(b"\0")
+        return TemplateEntry(raw.pcr, desc, (d, name + b"\0"), violation)
+    fields = split_fields(raw.template_data, len(desc.fields), where)
+    for fid, data in zip(desc.fields, fields, strict=True):
+        if fid in ("n-ng", "n") and len(data) > MAX_NAME_LEN + 1:
+            raise FormatError(
+                f"{where}: event name of {len(data) - 1} bytes is longer than "
+                f"the kernel allows ({MAX_NAME_LEN})"
+            )
+    return TemplateEntry(raw.pcr, desc, fields, violation)
+
+
+def parse_binary(data: bytes, bank: str = "sha1") -> list[LogRecord]:
+    """Decode a whole binary list."""
+    return [LogRecord(_entry_from_raw(r), r.digest) for r in iter_binary(data, bank)]
+
+
+def serialize_binary(entries: Iterable[TemplateEntry], bank: str = "sha1") -> bytes:
+    """The binary list for ``bank``, template digests computed for that bank."""
+    out = bytearray()
+    for e in entries:
+        name = e.template.name.encode("ascii")
+        out += _U32.pack(e.pcr) + e.template_digest(bank) + _U32.pack(len(name)) + name
+        if e.template.is_ima:
+            d, n = e.fields
+            raw_name = n[:-1] if n.endswith(b"\0") else n
+            out += d + _U32.pack(len(raw_name)) + raw_name
+        else:
+            td = e.template_data()
+            out += _U32.pack(len(td)) + td
+    return bytes(out)
+
+
+def serialize_ascii(entries: Iterable[TemplateEntry], bank: str = "sha1") -> bytes:
+    """The ASCII list for ``bank`` (bytes: event names are written raw, as the kernel does)."""
+    lines = []
+    for e in entries:
+        parts = [b"%2d " % e.pcr + e.template_digest(bank).hex().encode(), e.template.name.encode()]
+        parts += [
+            render_field(fid, data) for fid, data in zip(e.template.fields, e.fields, strict=True)
+        ]
+        lines.append(b" ".join(parts) + b"\n")
+    return b"".join(lines)
+
+
+def parse_ascii(text: bytes | str, bank: str = "sha1") -> list[LogRecord]:
+    """Decode an ASCII list; the template data is rebuilt from each field's rendering."""
+    if isinstance(text, str):
+        text = text.encode("utf-8", "surrogateescape")
+    size = hashlib.new(bank).digest_size
+    records = []
+    for number, line in enumerate(text.split(b"\n"), start=1):
+        if not line:
+            continue
+        where = f"line {number}"
+        parts = line.lstrip(b" ").split(b" ")
+        if len(parts) < 3:
+            raise FormatError(f"{where}: fewer than 3 columns")
+        try:
+            pcr = int(parts[0])
+            digest = bytes.fromhex(parts[1].decode("ascii"))
+            tname = parts[2].decode("ascii")
+        except (ValueError, UnicodeDecodeError) as e:
+            raise FormatError(f"{where}: malformed PCR, digest or template column ({e})") from None
+        if len(digest) != size:
+            raise FormatError(
+                f"{where}: template digest of {len(digest)} bytes; the {bank} bank has {size}"
+            )
+        if not 0 <= pcr < MAX_PCR:
+            raise FormatError(f"{where}: PCR index {pcr}")
+        desc = _descriptor(tname, where)
+        rendered = parts[3:]
+        if len(rendered) != len(desc.fields):
+            raise FormatError(
+                f"{where}: template {tname} has {len(desc.fields)} fields, the line "
+                f"has {len(rendered)} (an unsigned ima-sig line ends in a space)"
+            )
+        fields = tuple(
+            unrender_field(fid, value) for fid, value in zip(desc.fields, rendered, strict=True)
+        )
+        if desc.is_ima:
+            fields = (fields[0], fields[1])
+        records.append(LogRecord(TemplateEntry(pcr, desc, fields, not any(digest)), digest))
+    return records
