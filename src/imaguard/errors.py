@@ -12,6 +12,8 @@ things a caller can act on::
     ├── StoreError           a signature store cannot read or write (no xattr support, ...)
     ├── PolicyError          a policy does not parse, or a change to it is refused
     │   └── PolicyLockedError    refused by a lock or a version rule
+    ├── BackendError         a TPM or the log storage failed or is gone
+    ├── LogIntegrityError    a measurement log is corrupt or disagrees with its PCRs
     └── UsageError           the caller asked for something that makes no sense
 
 Foreign exceptions (``OSError``, ``ValueError`` from ``cryptography``) are wrapped at
@@ -81,3 +83,11 @@ class PolicyError(Error):
 
 class PolicyLockedError(PolicyError):
     """A change was refused by the policy's lock or version (rollback, sealed, unsigned, ...)."""
+
+
+class BackendError(Error):
+    """A backend (TPM, log storage) failed or is gone; what was asked may not have happened."""
+
+
+class LogIntegrityError(Error):
+    """A measurement log is corrupt, or its replay disagrees with the PCRs it must match."""

@@ -10,6 +10,8 @@ Exit codes, decided in one place (:func:`main`):
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -682,6 +684,414 @@ def policy_eval(
             click.echo(f"  {p.action:<14} {p.policy}:{p.line}: {p.rule}")
         if decision.conflict:
             click.echo(f"CONFLICT (fails closed): {decision.conflict.reason}")
+    raise _Exit(EXIT_OK)
+
+
+# -- measurement ------------------------------------------------------------------------
+
+
+def _open_store(
+    state: str, tpm: str | None = None, template: str = "ima-ng", algo: str = "sha256"
+) -> Any:
+    from imaguard.measure import LogStore
+
+    store = LogStore(state, tpm=tpm, template=template, ima_hash=algo)
+    report = store.report
+    if report.torn_bytes:
+        _err(
+            f"{state}: the log had a torn tail of {report.torn_bytes} bytes; truncated "
+            f"after {report.entries} entries"
+        )
+    if report.re_extended:
+        _err(f"{state}: extended {report.re_extended} logged entries the TPM had missed")
+    return store
+
+
+@cli.command()
+@click.option(
+    "--state", required=True, type=click.Path(file_okay=False), help="State directory (the log)."
+)
+@click.option(
+    "--template", default="ima-ng", show_default=True, help="Template name or field format."
+)
+@click.option(
+    "-a",
+    "--algo",
+    "algorithm",
+    type=_algorithm_choice(),
+    default="sha256",
+    show_default=True,
+    help="Digest algorithm when the file carries no value naming one (ima_hash).",
+)
+@click.option("--pcr", type=click.IntRange(0, 23), default=10, show_default=True)
+@click.option("--tpm", default=None, help="TCTI of a TPM to extend (swtpm:host=127.0.0.1,port=N).")
+@_store_options
+@click.argument("files", nargs=-1, required=True, type=click.Path())
+def measure(
+    state: str,
+    template: str,
+    algorithm: str,
+    pcr: int,
+    tpm: str | None,
+    store: str | None,
+    xattr_user: bool,
+    files: tuple[str, ...],
+) -> None:
+    """Measure files into the log: one entry each (a new log starts with boot_aggregate)."""
+    from imaguard.formats.template import TemplateDescriptor
+    from imaguard.measure import file_entry
+
+    st = _resolve_store(store, xattr_user)
+    try:
+        desc = TemplateDescriptor.lookup(template)
+    except Error as e:
+        raise click.BadParameter(str(e), param_hint="--template") from None
+    code = EXIT_OK
+    with _open_store(state, tpm, desc.name, algorithm) as log:
+        for path in files:
+            try:
+                entry = file_entry(path, desc, ima_hash=algorithm, pcr=pcr, store=st)
+                result = log.append(entry)
+            except Error as e:
+                _err(str(e))
+                code = EXIT_ERROR
+                continue
+            if result.added:
+                click.echo(f"{result.index} {path}")
+            else:
+                click.echo(f"- {path} (already measured: {result.reason})")
+    raise _Exit(code)
+
+
+@cli.group()
+def log() -> None:
+    """Show, export and verify measurement logs."""
+
+
+def _read_state_log(state: str) -> tuple[bytes, tuple[str, ...]]:
+    from imaguard.measure.store import LOG_NAME, STATE_NAME
+
+    try:
+        with open(os.path.join(state, STATE_NAME)) as f:
+            banks = tuple(json.load(f)["banks"])
+        with open(os.path.join(state, LOG_NAME), "rb") as f:
+            return f.read(), banks
+    except (OSError, ValueError, KeyError) as e:
+        raise Error(f"{state}: not a measurement state directory ({e})") from e
+
+
+def _state_entries(state: str) -> tuple[list[Any], tuple[str, ...]]:
+    from imaguard.formats.measurelist import parse_binary
+
+    data, banks = _read_state_log(state)
+    return [r.entry for r in parse_binary(data, "sha1")], banks
+
+
+@log.command("show")
+@click.option("--state", required=True, type=click.Path(file_okay=False))
+@click.option(
+    "--format", "fmt", type=click.Choice(["ascii", "json"]), default="ascii", show_default=True
+)
+@click.option(
+    "--bank",
+    default="sha1",
+    type=click.Choice(["sha1", "sha256", "sha384", "sha512"]),
+    show_default=True,
+    help="Bank of the template-digest column.",
+)
+def log_show(state: str, fmt: str, bank: str) -> None:
+    """Print the log (kernel ASCII format, or JSON)."""
+    from imaguard.formats.measurelist import serialize_ascii
+    from imaguard.formats.template import render_field
+
+    entries, _ = _state_entries(state)
+    if fmt == "ascii":
+        sys.stdout.buffer.write(serialize_ascii(entries, bank))
+        sys.stdout.flush()
+    else:
+        out = [
+            {
+                "index": i,
+                "pcr": e.pcr,
+                "template": e.template.name,
+                "digest": e.template_digest(bank).hex(),
+                "violation": e.violation,
+                "fields": {
+                    f: render_field(f, d).decode("utf-8", "backslashreplace")
+                    for f, d in zip(e.template.fields, e.fields, strict=True)
+                },
+            }
+            for i, e in enumerate(entries)
+        ]
+        click.echo(json.dumps(out, indent=2))
+    raise _Exit(EXIT_OK)
+
+
+def _write_atomic(path: str, data: bytes) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise Error(f"{path}: cannot write: {e.strerror or e}") from e
+
+
+@log.command("export")
+@click.option("--state", required=True, type=click.Path(file_okay=False))
+@click.option("--binary", "binary_out", default=None, type=click.Path(dir_okay=False))
+@click.option("--ascii", "ascii_out", default=None, type=click.Path(dir_okay=False))
+@click.option(
+    "--bank",
+    default="sha1",
+    type=click.Choice(["sha1", "sha256", "sha384", "sha512"]),
+    show_default=True,
+    help="Bank of the template-digest column.",
+)
+def log_export(state: str, binary_out: str | None, ascii_out: str | None, bank: str) -> None:
+    """Write the log as binary_runtime_measurements and/or ascii_runtime_measurements."""
+    from imaguard.formats.measurelist import serialize_ascii, serialize_binary
+
+    if binary_out is None and ascii_out is None:
+        raise click.UsageError("give --binary OUT, --ascii OUT, or both")
+    entries, _ = _state_entries(state)
+    if binary_out is not None:
+        _write_atomic(binary_out, serialize_binary(entries, bank))
+    if ascii_out is not None:
+        _write_atomic(ascii_out, serialize_ascii(entries, bank))
+    raise _Exit(EXIT_OK)
+
+
+@log.command("pcrs")
+@click.option("--state", required=True, type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True)
+def log_pcrs(state: str, as_json: bool) -> None:
+    """The PCR values the log replays to, per bank."""
+    from imaguard.measure import records_from_binary, verify_records
+
+    data, banks = _read_state_log(state)
+    records, problem = records_from_binary(data, "sha1")
+    if problem is not None:
+        raise Error(f"{state}: {problem.message}")
+    result = verify_records(records, banks=banks)
+    if as_json:
+        click.echo(
+            json.dumps(
+                {b: {str(i): v for i, v in sorted(p.items())} for b, p in result.pcrs.items()},
+                indent=2,
+            )
+        )
+    else:
+        for b, p in result.pcrs.items():
+            for i, v in sorted(p.items()):
+                click.echo(f"{b}:{i} {v}")
+    raise _Exit(EXIT_OK)
+
+
+def _parse_pcr_specs(specs: tuple[str, ...]) -> dict[str, dict[int, bytes]]:
+    out: dict[str, dict[int, bytes]] = {}
+    for spec in specs:
+        left, sep, hexval = spec.partition("=")
+        bank, _, idx = left.partition(":")
+        try:
+            index = int(idx) if idx else 10
+            value = bytes.fromhex(hexval)
+            size = hashlib.new(bank).digest_size
+        except ValueError as e:
+            raise click.BadParameter(
+                f"{spec!r}: use BANK=HEX or BANK:PCR=HEX ({e})", param_hint="--pcrs"
+            ) from None
+        if not sep or bank not in ("sha1", "sha256", "sha384", "sha512") or len(value) != size:
+            raise click.BadParameter(
+                f"{spec!r}: use BANK=HEX (sha1/sha256/sha384/sha512, full-length hex)",
+                param_hint="--pcrs",
+            )
+        out.setdefault(bank, {})[index] = value
+    return out
+
+
+@log.command("verify")
+@click.option("--state", default=None, type=click.Path(file_okay=False))
+@click.option("--binary", "binary_in", default=None, type=click.Path(dir_okay=False))
+@click.option("--ascii", "ascii_in", default=None, type=click.Path(dir_okay=False))
+@click.option(
+    "--bank",
+    default="sha1",
+    type=click.Choice(["sha1", "sha256", "sha384", "sha512"]),
+    show_default=True,
+    help="Bank of a --binary file's template-digest column.",
+)
+@click.option(
+    "--pcrs", "pcr_specs", multiple=True, help="BANK=HEX (PCR 10) or BANK:PCR=HEX; repeatable."
+)
+@click.option("--tpm", default=None, help="Read the expected PCRs from this TPM (TCTI).")
+@click.option(
+    "--runtime-policy",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Keylime runtime policy JSON.",
+)
+@click.option(
+    "--keyring",
+    "keyrings",
+    multiple=True,
+    type=click.Path(),
+    help="Certificates for ima-sig signatures.",
+)
+@click.option(
+    "--prefix-ok", is_flag=True, help="Accept PCRs that match a prefix of the log (as Keylime)."
+)
+@click.option("--ignore-violations", is_flag=True, help="Do not count ToMToU/open-writers records.")
+@click.option("--json", "as_json", is_flag=True)
+def log_verify(
+    state: str | None,
+    binary_in: str | None,
+    ascii_in: str | None,
+    bank: str,
+    pcr_specs: tuple[str, ...],
+    tpm: str | None,
+    runtime_policy: str | None,
+    keyrings: tuple[str, ...],
+    prefix_ok: bool,
+    ignore_violations: bool,
+    as_json: bool,
+) -> None:
+    """Replay a log and judge it: exit 0 valid, 1 invalid (every finding listed)."""
+    from imaguard.formats.keylime import RuntimePolicy
+    from imaguard.measure import records_from_ascii, records_from_binary, verify_records
+    from imaguard.measure.tpm import TpmPcrs
+
+    sources = [x for x in (state, binary_in, ascii_in) if x is not None]
+    if len(sources) != 1:
+        raise click.UsageError("give exactly one of --state DIR, --binary F, --ascii F")
+    banks: tuple[str, ...] = ("sha1", "sha256")
+    digest_bank = bank
+    if state is not None:
+        data, banks = _read_state_log(state)
+        records, problem = records_from_binary(data, "sha1")
+        digest_bank = "sha1"
+    elif binary_in is not None:
+        data = _read_file(binary_in)
+        records, problem = records_from_binary(data, bank)
+    else:
+        data = _read_file(ascii_in or "")
+        records, digest_bank, problem = records_from_ascii(data)
+    expected = _parse_pcr_specs(pcr_specs)
+    if tpm is not None:
+        backend = TpmPcrs(tpm)
+        try:
+            used = sorted({r.pcr for r in records}) or [10]
+            wanted = [b for b in banks if b in backend.banks()] or list(backend.banks())
+            for b, vals in backend.read(used, wanted).items():
+                expected.setdefault(b, {}).update(vals)
+        finally:
+            backend.close()
+    policy = None
+    if runtime_policy is not None:
+        policy = RuntimePolicy.parse(_read_file(runtime_policy))
+    ring = imaguard.Keyring.load(*keyrings) if keyrings else None
+    result = verify_records(
+        records,
+        digest_bank=digest_bank,
+        banks=banks,
+        expected=expected or None,
+        prefix_ok=prefix_ok,
+        keyring=ring,
+        runtime_policy=policy,
+        ignore_violations=ignore_violations,
+        parse_error=problem,
+    )
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+    else:
+        for f in result.findings:
+            where = f"entry {f.index}: " if f.index is not None else ""
+            click.echo(f"{f.code}: {where}{f.message}")
+        for note in result.notes:
+            click.echo(f"note: {note}", err=True)
+        verdict = "valid" if result.ok else f"INVALID ({len(result.findings)} findings)"
+        click.echo(f"{result.entries} entries: {verdict}", err=True)
+    raise _Exit(EXIT_OK if result.ok else EXIT_FAILED)
+
+
+def _read_file(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise Error(f"{path}: cannot read: {e.strerror or e}") from e
+
+
+@policy.command("runtime")
+@click.option(
+    "--from-log",
+    "from_log",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="A binary or ASCII measurement list.",
+)
+@click.option(
+    "--from-tree",
+    "from_tree",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="A directory: allow the current content of every file.",
+)
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False))
+@click.option("--exclude", "excludes", multiple=True, help="Regex of paths to exclude (re.match).")
+@click.option(
+    "-a",
+    "--algo",
+    "algorithm",
+    type=_algorithm_choice(),
+    default="sha256",
+    show_default=True,
+    help="Digest algorithm for --from-tree.",
+)
+@click.option(
+    "--boot-aggregate",
+    "boot_aggregates",
+    multiple=True,
+    help="Accepted boot_aggregate hex (--from-tree).",
+)
+def policy_runtime(
+    from_log: str | None,
+    from_tree: str | None,
+    output: str,
+    excludes: tuple[str, ...],
+    algorithm: str,
+    boot_aggregates: tuple[str, ...],
+) -> None:
+    """Generate a Keylime runtime policy from a log or a directory tree."""
+    from imaguard.measure import (
+        policy_from_records,
+        policy_from_tree,
+        records_from_ascii,
+        records_from_binary,
+    )
+
+    if (from_log is None) == (from_tree is None):
+        raise click.UsageError("give --from-log F or --from-tree DIR (one of them)")
+    if from_log is not None:
+        data = _read_file(from_log)
+        if len(data) >= 4 and int.from_bytes(data[:4], "little") < 24:
+            records, problem = records_from_binary(data, "sha1")
+            log_hash = "sha1"
+        else:
+            records, log_hash, problem = records_from_ascii(data)
+        if problem is not None:
+            raise Error(f"{from_log}: {problem.message}")
+        pol = policy_from_records(records, log_hash_alg=log_hash, excludes=excludes)
+    else:
+        pol = policy_from_tree(
+            from_tree or "", algorithm=algorithm, excludes=excludes, boot_aggregates=boot_aggregates
+        )
+    _write_atomic(output, pol.serialize().encode())
+    click.echo(f"{output}: {len(pol.digests)} paths", err=True)
     raise _Exit(EXIT_OK)
 
 

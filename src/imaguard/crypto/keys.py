@@ -39,6 +39,8 @@ __all__ = [
     "key_id_from_public_key",
     "load_certificates",
     "load_private_key",
+    "load_public_key",
+    "verify_prehashed",
 ]
 
 PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
@@ -104,6 +106,27 @@ def _check_supported(public_key: object, where: str) -> PublicKey:
     raise KeyLoadError(
         f"{where}: {type(public_key).__name__} keys are not supported (RSA or ECDSA)"
     )
+
+
+def load_public_key(der_or_pem: bytes) -> PublicKey:
+    """A bare RSA/EC public key (DER SubjectPublicKeyInfo or PEM); KeyLoadError otherwise."""
+    try:
+        if b"-----BEGIN" in der_or_pem:
+            key = serialization.load_pem_public_key(der_or_pem)
+        else:
+            key = serialization.load_der_public_key(der_or_pem)
+    except (ValueError, UnsupportedAlgorithm) as e:
+        raise KeyLoadError(f"not a public key ({e})") from e
+    if not isinstance(key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
+        raise KeyLoadError(f"{type(key).__name__} keys are not supported (RSA or ECDSA)")
+    return key
+
+
+def verify_prehashed(
+    public_key: PublicKey, algorithm: HashAlgo, digest: bytes, signature: bytes
+) -> bool:
+    """True when ``signature`` by ``public_key`` verifies over the prehashed ``digest``."""
+    return _verify(public_key, algorithm, digest, signature)
 
 
 def _verify(public_key: PublicKey, algorithm: HashAlgo, digest: bytes, signature: bytes) -> bool:

@@ -1,0 +1,35 @@
+"""Measurement: templates into an append-only log in the kernel's format, PCR banks and a
+TPM backend, and verification of logs against PCRs, keyrings and Keylime runtime policies."""
+
+from imaguard.measure.entries import buffer_entry, file_entry, violation_entry
+from imaguard.measure.pcr import PcrBackend, SoftwarePcrs, compute_boot_aggregate
+from imaguard.measure.runtime import policy_from_records, policy_from_tree
+from imaguard.measure.store import AppendResult, LogStore, OpenReport
+from imaguard.measure.tpm import TpmPcrs
+from imaguard.measure.verify import (
+    Finding,
+    VerifyResult,
+    records_from_ascii,
+    records_from_binary,
+    verify_records,
+)
+
+__all__ = [
+    "AppendResult",
+    "Finding",
+    "LogStore",
+    "OpenReport",
+    "PcrBackend",
+    "SoftwarePcrs",
+    "TpmPcrs",
+    "VerifyResult",
+    "buffer_entry",
+    "compute_boot_aggregate",
+    "file_entry",
+    "policy_from_records",
+    "policy_from_tree",
+    "records_from_ascii",
+    "records_from_binary",
+    "verify_records",
+    "violation_entry",
+]
