@@ -13,7 +13,8 @@ A state directory holds:
 syncs everything queued, then all of them return (group commit). PCRs are extended
 after the entry is durable, in log order.
 
-**Start-up.** The log is replayed. A torn tail (a record cut short by a crash) is
+**Start-up.** A log kept with a TPM is bound to the TPM's reset count: after a TPM
+reset (a reboot) the log belongs to an earlier boot and is refused. The log is replayed. A torn tail (a record cut short by a crash) is
 truncated and reported. Any other damage, or a stored digest that does not match its
 template data, is refused. With a TPM, the replay must equal the TPM's PCRs; if the TPM
 equals the replay of a *prefix* (entries written but not yet extended when the process
@@ -46,7 +47,7 @@ from imaguard.measure.pcr import (
     boot_aggregate_entry,
     check_banks,
 )
-from imaguard.measure.tpm import open_tpm
+from imaguard.measure.tpm import TpmPcrs, open_tpm
 
 __all__ = ["AppendResult", "LogStore", "OpenReport"]
 
@@ -150,8 +151,22 @@ class LogStore:
                 f"{self.dir}: the log was kept for banks {list(stored_banks)}, "
                 f"now {list(self.banks)}"
             )
+        reset_count = self.backend.reset_count() if isinstance(self.backend, TpmPcrs) else None
+        if state and reset_count is not None and state.get("tpm_reset_count") != reset_count:
+            raise LogIntegrityError(
+                f"{self.dir}: TPM {tpm} was reset since this log began (reset count "
+                f"{state.get('tpm_reset_count')} -> {reset_count}): the log belongs to an earlier "
+                "boot; start a new state directory"
+            )
         if not state:
-            self._write_state({"version": STATE_VERSION, "banks": list(self.banks), "tpm": tpm})
+            self._write_state(
+                {
+                    "version": STATE_VERSION,
+                    "banks": list(self.banks),
+                    "tpm": tpm,
+                    "tpm_reset_count": reset_count,
+                }
+            )
         self.tpm = tpm
         self.soft = SoftwarePcrs(self.banks)
         self._seen: set[tuple[bytes, int]] = set()
@@ -195,7 +210,7 @@ class LogStore:
                 raise LogIntegrityError(f"{self.dir / LOG_NAME}: {e}") from e
             torn = len(data) - good_end
         if torn:
-            _log.warning(
+            _log.info(
                 "%s: torn tail of %d bytes after %d entries; truncated",
                 self.dir / LOG_NAME,
                 torn,
@@ -235,9 +250,7 @@ class LogStore:
                 for entry in entries[tpm_at:]:
                     self.backend.extend(entry.pcr, {b: entry.extend_value(b) for b in self.banks})
                     replayed += 1
-                _log.warning(
-                    "%s: extended %d logged entries the TPM had missed", self.dir, replayed
-                )
+                _log.info("%s: extended %d logged entries the TPM had missed", self.dir, replayed)
         return OpenReport(len(entries), torn, replayed)
 
     def _matches(self, target: dict[str, dict[int, bytes]]) -> bool:

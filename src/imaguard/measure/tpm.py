@@ -75,6 +75,11 @@ class TpmPcrs:
     def banks(self) -> tuple[str, ...]:
         return self._banks
 
+    def reset_count(self) -> int:
+        """The TPM's reset counter: it grows with every TPM reset (reboot)."""
+        info = self._call("reading the clock", self._esys.read_clock)
+        return int(info.clockInfo.resetCount)
+
     def read(
         self, pcrs: Iterable[int], banks: Iterable[str] | None = None
     ) -> dict[str, dict[int, bytes]]:
