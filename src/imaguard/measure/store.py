@@ -14,11 +14,12 @@ syncs everything queued, then all of them return (group commit). PCRs are extend
 after the entry is durable, in log order.
 
 **Start-up.** A log kept with a TPM is bound to the TPM's reset count: after a TPM
-reset (a reboot) the log belongs to an earlier boot and is refused. The log is replayed. A torn tail (a record cut short by a crash) is
-truncated and reported. Any other damage, or a stored digest that does not match its
-template data, is refused. With a TPM, the replay must equal the TPM's PCRs; if the TPM
-equals the replay of a *prefix* (entries written but not yet extended when the process
-died), the missing entries are extended now and reported. Anything else is refused.
+reset (a reboot) the log belongs to an earlier boot and is refused. The log is
+replayed. A torn tail (a record cut short by a crash) is truncated and reported. Any
+other damage, or a stored digest that does not match its template data, is refused.
+With a TPM, the replay must equal the TPM's PCRs; if the TPM equals the replay of a
+*prefix* (entries written but not yet extended when the process died), the missing
+entries are extended now and reported. Anything else is refused.
 
 **Duplicates.** As the kernel does, an entry whose SHA-1 template digest and PCR are
 already in the log is not added again (violations always are).
