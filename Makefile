@@ -4,8 +4,12 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# Keylime's verifier runs as an independent oracle, in a venv of its own (spec keylime.md §1).
+KEYLIME_VENV := .venv-keylime
+KEYLIME_STAMP := $(KEYLIME_VENV)/.installed
+KEYLIME_PKGS := keylime==7.14.3 jsonschema cryptography lark pyyaml packaging
 
-.PHONY: all demo test lint typecheck unit bench deps venv clean
+.PHONY: all demo test lint typecheck unit bench deps venv keylime clean
 
 all: test
 
@@ -16,9 +20,23 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# The TPM extra: tpm2-pytss builds against libtss2-dev, so the Debian packages come first.
+TPM_STAMP := $(VENV)/.installed-tpm
+$(TPM_STAMP): $(STAMP) | deps
+	$(PY) -m pip install --quiet -e '.[dev,tpm]'
+	touch $(TPM_STAMP)
+
+$(KEYLIME_STAMP):
+	$(PYTHON) -m venv $(KEYLIME_VENV)
+	$(KEYLIME_VENV)/bin/python -m pip install --quiet $(KEYLIME_PKGS)
+	touch $(KEYLIME_STAMP)
+
+keylime: $(KEYLIME_STAMP)
+
 venv: $(STAMP)
 
-# Debian packages the tests use as independent oracles (evmctl, getfattr, openssl, xxd).
+# Debian packages the tests use: evmctl, openssl, getfattr, xxd as oracles; swtpm and
+# tpm2-tools for a software TPM; libtss2-dev to build tpm2-pytss.
 deps:
 	@bash scripts/install-deps.sh
 
@@ -35,13 +53,13 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(VENV)/bin/pytest --cov=imaguard --cov-branch --cov-report=term-missing:skip-covered
 
-test: deps $(STAMP)
+test: deps $(STAMP) $(TPM_STAMP) $(KEYLIME_STAMP)
 	$(MAKE) --no-print-directory lint
 	$(MAKE) --no-print-directory typecheck
 	$(MAKE) --no-print-directory unit
 
-bench: deps $(STAMP)
+bench: deps $(STAMP) $(TPM_STAMP) $(KEYLIME_STAMP)
 	$(PY) bench/run.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage build dist src/*.egg-info demo-tree
+	rm -rf $(VENV) $(KEYLIME_VENV) .pytest_cache .mypy_cache .ruff_cache .coverage build dist src/*.egg-info demo-tree

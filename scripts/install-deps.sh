@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the tests and benchmarks need, when they are missing.
-# evmctl (ima-evm-utils) and openssl are independent oracles; attr gives getfattr/setfattr.
+# Installs the Debian packages the tests and benchmarks need, when they are missing:
+#   ima-evm-utils (evmctl), openssl, attr (getfattr/setfattr), xxd   - independent oracles
+#   swtpm, swtpm-tools, tpm2-tools, tss2                             - a software TPM and its tools
+#   libtss2-dev, pkg-config, gcc                                     - to build tpm2-pytss
 set -euo pipefail
+pkgs=(ima-evm-utils attr openssl xxd swtpm swtpm-tools tpm2-tools tss2 libtss2-dev pkg-config gcc)
 need=()
-command -v evmctl   >/dev/null 2>&1 || need+=(ima-evm-utils)
-command -v getfattr >/dev/null 2>&1 || need+=(attr)
-command -v openssl  >/dev/null 2>&1 || need+=(openssl)
-command -v xxd      >/dev/null 2>&1 || need+=(xxd)
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
+done
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
 fi
