@@ -26,6 +26,7 @@ import hashlib
 import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from imaguard.errors import FormatError
 from imaguard.formats.template import (
@@ -41,6 +42,7 @@ __all__ = [
     "MAX_TEMPLATE_DATA",
     "LogRecord",
     "RawRecord",
+    "iter_ascii",
     "iter_binary",
     "parse_ascii",
     "parse_binary",
@@ -56,9 +58,13 @@ MAX_PCR = 24
 _U32 = struct.Struct("<I")
 
 
-@dataclass(frozen=True)
-class RawRecord:
-    """A record as stored: template data undecoded (what hashing and replay need)."""
+class RawRecord(NamedTuple):
+    """A record as stored: template data undecoded (what hashing and replay need).
+
+    ``name`` and ``file_digest`` are filled by the ASCII reader for templates whose
+    first two fields are a digest and a name (they are right there in the text); other
+    readers leave them None and verification decodes the fields when it needs them.
+    """
 
     index: int
     offset: int
@@ -67,6 +73,9 @@ class RawRecord:
     template_name: str
     template_data: bytes
     """The bytes template digests are computed over (see TemplateEntry.template_data)."""
+    name: bytes | None = None
+    file_digest: tuple[str, bytes] | None = None
+    sig: bytes | None = None
 
     @property
     def violation(self) -> bool:
@@ -168,8 +177,31 @@ def iter_binary(data: bytes | memoryview, bank: str = "sha1") -> Iterator[RawRec
                 )
             td = bytes(mv[pos : pos + td_len])
             pos += td_len
-        yield RawRecord(index, start, pcr, digest, tname, td)
+        yield _with_fields(RawRecord(index, start, pcr, digest, tname, td))
         index += 1
+
+
+def _with_fields(rec: RawRecord) -> RawRecord:
+    """For ima-ng / ima-sig / ima-buf, split out the name, file digest and third field."""
+    nfields = _FAST_ASCII.get(rec.template_name)
+    if nfields is None:
+        return rec
+    td = rec.template_data
+    try:
+        fields = split_fields(td, nfields)
+    except FormatError:
+        return rec  # judged later, where the error is reported with its index
+    dng, name = fields[0], fields[1]
+    sep = dng.find(b"\0")
+    if sep < 1 or dng[sep - 1 : sep] != b":":
+        return rec
+    algo = dng[: sep - 1].decode("ascii", "replace")
+    third = fields[2] if nfields == 3 else None
+    return rec._replace(
+        name=name[:-1] if name.endswith(b"\0") else name,
+        file_digest=(algo, dng[sep + 1 :]),
+        sig=third,
+    )
 
 
 def _entry_from_raw(raw: RawRecord) -> TemplateEntry:
@@ -262,3 +294,63 @@ def parse_ascii(text: bytes | str, bank: str = "sha1") -> list[LogRecord]:
             fields = (fields[0], fields[1])
         records.append(LogRecord(TemplateEntry(pcr, desc, fields, not any(digest)), digest))
     return records
+
+
+_FAST_ASCII = {"ima-ng": 2, "ima-sig": 3, "ima-buf": 3}
+
+
+def iter_ascii(text: bytes, bank: str = "sha1") -> Iterator[RawRecord]:
+    """Yield raw records of an ASCII list; FormatError on the first bad line.
+
+    ima-ng / ima-sig / ima-buf lines are rebuilt directly from the text (the common case,
+    fast); every other template goes through :func:`parse_ascii`.
+    """
+    size = hashlib.new(bank).digest_size
+    pack = _U32.pack
+    fromhex = bytes.fromhex
+    index = 0
+    for number, line in enumerate(text.split(b"\n"), start=1):
+        if not line:
+            continue
+        parts = line.lstrip(b" ").split(b" ")
+        tname = parts[2].decode("ascii", "replace") if len(parts) > 2 else ""
+        nfields = _FAST_ASCII.get(tname)
+        if nfields is None or len(parts) != 3 + nfields:
+            try:
+                (rec,) = parse_ascii(line, bank)
+            except FormatError as e:
+                raise FormatError(str(e).replace("line 1", f"line {number}", 1)) from None
+            ent = rec.entry
+            yield RawRecord(
+                index, number, ent.pcr, rec.digest, ent.template.name, ent.template_data()
+            )
+            index += 1
+            continue
+        try:
+            pcr = int(parts[0])
+            digest = fromhex(parts[1].decode("ascii"))
+            dng = parts[3]
+            colon = dng.index(b":")
+            algo = dng[:colon].decode("ascii")
+            file_digest = fromhex(dng[colon + 1 :].decode("ascii"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise FormatError(f"line {number}: malformed column ({exc})") from None
+        if len(digest) != size:
+            raise FormatError(
+                f"line {number}: template digest of {len(digest)} bytes; the {bank} bank has {size}"
+            )
+        if not 0 <= pcr < MAX_PCR:
+            raise FormatError(f"line {number}: PCR index {pcr}")
+        f1 = dng[: colon + 1] + b"\0" + file_digest
+        name = parts[4]
+        f2 = name + b"\0"
+        td = pack(len(f1)) + f1 + pack(len(f2)) + f2
+        sig = None
+        if nfields == 3:
+            try:
+                sig = fromhex(parts[5].decode("ascii"))
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise FormatError(f"line {number}: malformed third field ({exc})") from None
+            td += pack(len(sig)) + sig
+        yield RawRecord(index, number, pcr, digest, tname, td, name, (algo, file_digest), sig)
+        index += 1

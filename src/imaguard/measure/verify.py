@@ -34,9 +34,9 @@ from imaguard.crypto.keys import (
     verify_prehashed,
 )
 from imaguard.errors import FormatError, KeyLoadError
-from imaguard.formats.hashalgo import by_id
+from imaguard.formats.hashalgo import by_id, by_name
 from imaguard.formats.keylime import RuntimePolicy
-from imaguard.formats.measurelist import RawRecord, iter_binary, parse_ascii, split_fields
+from imaguard.formats.measurelist import RawRecord, iter_ascii, iter_binary, split_fields
 from imaguard.formats.template import TemplateDescriptor, decode_digest_field
 from imaguard.formats.xattr import SignatureValue
 from imaguard.measure.pcr import NUM_PCRS
@@ -98,34 +98,13 @@ def records_from_ascii(text: bytes) -> tuple[list[RawRecord], str, Finding | Non
     first = text.lstrip(b" \n").split(b"\n", 1)[0].lstrip(b" ").split(b" ")
     if len(first) > 1:
         bank = {40: "sha1", 64: "sha256", 96: "sha384", 128: "sha512"}.get(len(first[1]), "sha1")
+    out: list[RawRecord] = []
     try:
-        parsed = parse_ascii(text, bank)
+        for rec in iter_ascii(text, bank):
+            out.append(rec)
     except FormatError as e:
-        # Judge what parses: re-parse line by line up to the bad one.
-        good: list[RawRecord] = []
-        for line in text.split(b"\n"):
-            if not line:
-                continue
-            try:
-                (rec,) = parse_ascii(line, bank)
-            except FormatError:
-                break
-            good.append(
-                RawRecord(
-                    len(good),
-                    0,
-                    rec.entry.pcr,
-                    rec.digest,
-                    rec.entry.template.name,
-                    rec.entry.template_data(),
-                )
-            )
-        return good, bank, Finding("parse", str(e), len(good))
-    records = [
-        RawRecord(i, 0, r.entry.pcr, r.digest, r.entry.template.name, r.entry.template_data())
-        for i, r in enumerate(parsed)
-    ]
-    return records, bank, None
+        return out, bank, Finding("parse", str(e), len(out))
+    return out, bank, None
 
 
 class _Keys:
@@ -198,21 +177,45 @@ def verify_records(
                 findings.append(Finding("policy", f"verification-keys: {e}"))
     judge = runtime_policy is not None or keyring is not None
     descs: dict[str, TemplateDescriptor] = {}
+    # One step per bank: (constructor, that bank's PCRs, its 0xFF value, check the column?)
+    plan = [(ctor[b], pcr[b], ff[b], b == digest_bank) for b in banks]
+    separate_check = digest_bank not in banks
+    # Expected PCRs by index, so a record only re-checks the PCR it extended.
+    exp_by_pcr: dict[int, list[tuple[list[bytes], bytes, int]]] = {}
+    state: list[bool] = []
+    for b, vals in exp.items():
+        for i, v in vals.items():
+            exp_by_pcr.setdefault(i, []).append((pcr[b], v, len(state)))
+            state.append(pcr[b][i] == v)
+    fast_digests = runtime_policy.digests if runtime_policy is not None else None
+    zero = b"\0" * getattr(hashlib, digest_bank)().digest_size
     count = 0
     for rec in records:
         count += 1
         td = rec.template_data
-        viol = not any(rec.digest)
+        dig = rec.digest
         p = rec.pcr
+        viol = dig == zero
         if viol:
             if not ignore_violations:
                 findings.append(
                     Finding("violation", "a ToMToU/open-writers violation record", rec.index)
                 )
-            for b in banks:
-                pcr[b][p] = ctor[b](pcr[b][p] + ff[b]).digest()
+            for c, vals, ffv, _ in plan:
+                vals[p] = c(vals[p] + ffv).digest()
         else:
-            if check(td).digest() != rec.digest:
+            for c, vals, _, is_check in plan:
+                h = c(td).digest()
+                if is_check and h != dig:
+                    findings.append(
+                        Finding(
+                            "template-hash",
+                            "stored template digest does not match the template data",
+                            rec.index,
+                        )
+                    )
+                vals[p] = c(vals[p] + h).digest()
+            if separate_check and check(td).digest() != dig:
                 findings.append(
                     Finding(
                         "template-hash",
@@ -220,27 +223,61 @@ def verify_records(
                         rec.index,
                     )
                 )
-            for b in banks:
-                pcr[b][p] = ctor[b](pcr[b][p] + ctor[b](td).digest()).digest()
-        if exp:
-            if any(p in vals for vals in exp.values()):
-                # This PCR was extended, so it may have (un)matched: recount.
-                mismatched = sum(
-                    1 for bb, vv in exp.items() for i, v in vv.items() if pcr[bb][i] != v
-                )
+        watch = exp_by_pcr.get(p)
+        if watch is not None:
+            for vals, want, slot in watch:
+                now = vals[p] == want
+                if now != state[slot]:
+                    state[slot] = now
+                    mismatched += -1 if now else 1
             if mismatched == 0:
                 matched_at = count
-        if rec.index == 0 and not viol:
-            try:
-                name = _decode(rec, descs).get("n-ng") or _decode(rec, descs).get("n") or b""
-            except FormatError:
-                name = b""
-            if name.rstrip(b"\0") != b"boot_aggregate":
+        if count == 1 and not viol:
+            name = rec.name
+            if name is None:
+                try:
+                    fields = _decode(rec, descs)
+                    name = (fields.get("n-ng") or fields.get("n") or b"").rstrip(b"\0")
+                except FormatError:
+                    name = b""
+            if name != b"boot_aggregate":
                 findings.append(
                     Finding("boot-aggregate", "the first entry is not boot_aggregate", 0)
                 )
         if judge and not viol:
-            _judge(rec, descs, keys, keyring is not None, runtime_policy, excl, findings)
+            nm = rec.name
+            if (
+                fast_digests is not None
+                and nm is not None
+                and rec.template_name == "ima-ng"
+                and rec.file_digest is not None
+            ):
+                # The common case inline: an ima-ng entry against the runtime policy.
+                path = nm.decode("utf-8", "surrogateescape")
+                if excl is None or not excl.match(path):
+                    allowed = fast_digests.get(path)
+                    if allowed is None:
+                        findings.append(
+                            Finding(
+                                "not-in-policy",
+                                f"{path} is not in the runtime policy",
+                                rec.index,
+                                path,
+                            )
+                        )
+                    else:
+                        hexd = rec.file_digest[1].hex()
+                        if hexd not in allowed:
+                            findings.append(
+                                Finding(
+                                    "digest-not-allowed",
+                                    f"{path}: digest {hexd} is not among the allowed digests",
+                                    rec.index,
+                                    path,
+                                )
+                            )
+            else:
+                _judge(rec, descs, keys, keyring is not None, runtime_policy, excl, findings)
     if parse_error is not None:
         findings.append(parse_error)
     notes: list[str] = []
@@ -282,24 +319,55 @@ def _judge(
     excl: Any,
     findings: list[Finding],
 ) -> None:
-    try:
-        fields = _decode(rec, descs)
-    except FormatError as e:
-        findings.append(Finding("parse", str(e), rec.index))
-        return
-    raw_name = (fields.get("n-ng") or fields.get("n") or b"").rstrip(b"\0")
-    path = raw_name.decode("utf-8", "surrogateescape")
-    digest_field = fields.get("d-ng") or fields.get("d-ngv2")
-    if digest_field is not None:
+    if rec.name is not None and rec.file_digest is not None:
+        # Fast path: the ASCII reader already split out the name, digest and signature.
+        path = rec.name.decode("utf-8", "surrogateescape")
+        if policy is not None and rec.sig is None and rec.template_name == "ima-ng":
+            if excl is not None and excl.match(path):
+                return
+            allowed = policy.digests.get(path)
+            hexd = rec.file_digest[1].hex()
+            if allowed is None:
+                findings.append(
+                    Finding(
+                        "not-in-policy", f"{path} is not in the runtime policy", rec.index, path
+                    )
+                )
+            elif hexd not in allowed:
+                findings.append(
+                    Finding(
+                        "digest-not-allowed",
+                        f"{path}: digest {hexd} is not among the allowed digests",
+                        rec.index,
+                        path,
+                    )
+                )
+            return
+        fields = {"sig": rec.sig or b"", "buf": rec.sig or b""}
         try:
-            _, algo, digest = decode_digest_field(
-                digest_field, "d-ngv2" if "d-ngv2" in fields else "d-ng"
-            )
+            algo = by_name(rec.file_digest[0])
         except FormatError as e:
             findings.append(Finding("parse", str(e), rec.index, path))
             return
+        digest = rec.file_digest[1]
     else:
-        algo, digest = by_id(2), fields.get("d", b"")
+        try:
+            fields = _decode(rec, descs)
+        except FormatError as e:
+            findings.append(Finding("parse", str(e), rec.index))
+            return
+        raw_name = (fields.get("n-ng") or fields.get("n") or b"").rstrip(b"\0")
+        path = raw_name.decode("utf-8", "surrogateescape")
+        digest_field = fields.get("d-ng") or fields.get("d-ngv2")
+        if digest_field is not None:
+            fid = "d-ngv2" if "d-ngv2" in fields else "d-ng"
+            try:
+                _, algo, digest = decode_digest_field(digest_field, fid)
+            except FormatError as e:
+                findings.append(Finding("parse", str(e), rec.index, path))
+                return
+        else:
+            algo, digest = by_id(2), fields.get("d", b"")
     signed_ok = False
     sig = fields.get("sig", b"")
     if rec.template_name in _SIG_TEMPLATES and sig and keys:
