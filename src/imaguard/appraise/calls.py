@@ -12,11 +12,20 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Literal
 
-from imaguard.appraise.files import Digest, FileRef, Target, hash_bytes, hash_fd, open_target
+from imaguard.appraise.cache import DEFAULT_CACHE, VerdictCache
+from imaguard.appraise.files import (
+    Digest,
+    FileRef,
+    Target,
+    change_cookie,
+    hash_bytes,
+    hash_fd,
+    open_target,
+)
 from imaguard.appraise.store import SignatureStore, store_for
 from imaguard.appraise.verdict import Cause, SignatureInfo, Status, Verdict
 from imaguard.crypto.keyring import Keyring
@@ -37,6 +46,7 @@ from imaguard.formats.xattr import parse as parse_value
 __all__ = [
     "Require",
     "appraise",
+    "appraise_value",
     "hash_file",
     "sign_bytes",
     "sign_file",
@@ -146,7 +156,7 @@ def _lenient_parse(raw: bytes) -> DigestValue | DigestNgValue | HmacValue | Sign
 def _verdict_from_value(
     name: str,
     raw: bytes | None,
-    hasher: _Hasher,
+    hasher: Callable[[HashAlgo], Digest | Verdict],
     keyring: Keyring,
     require: Require,
     algorithms: frozenset[str] | None,
@@ -334,6 +344,22 @@ def _verdict_from_value(
     )
 
 
+def appraise_value(
+    name: str,
+    raw: bytes | None,
+    hasher: Callable[[HashAlgo], Digest | Verdict],
+    keyring: Keyring,
+    require: Require = "signature",
+    algorithms: frozenset[str] | None = None,
+) -> Verdict:
+    """Appraise a stored value against content given by ``hasher`` (algorithm -> digest).
+
+    The building block of :func:`appraise` for callers that already hold the file open and
+    want to share one hash between appraisal and measurement (the integrity core).
+    """
+    return _verdict_from_value(name, raw, hasher, keyring, require, algorithms)
+
+
 class _Hasher:
     """Hashes the target once per algorithm, turning file problems into a verdict."""
 
@@ -380,6 +406,7 @@ def appraise(
     algorithms: Iterable[str] | None = None,
     store: SignatureStore | str | None = None,
     value: bytes | None = None,
+    cache: bool | VerdictCache = False,
 ) -> Verdict:
     """Appraise a file against a keyring; returns a :class:`Verdict`, never raises for a bad file.
 
@@ -388,6 +415,7 @@ def appraise(
     restricts the hash algorithms accepted (as the kernel's ``appraise_algos``). ``value``
     gives the stored value directly (needed for bytes targets; overrides the store).
     A keyring given as a path is loaded; its errors do raise (they are the caller's).
+    Nothing is cached unless ``cache`` is True (the process-wide cache) or a VerdictCache.
     """
     ring = _keyring(keyring)
     allowed = (
@@ -410,7 +438,22 @@ def appraise(
                     )
             else:
                 raw = value
-            return _verdict_from_value(name, raw, _Hasher(name, ref, None), ring, require, allowed)
+            if cache is False:
+                return _verdict_from_value(
+                    name, raw, _Hasher(name, ref, None), ring, require, allowed
+                )
+            vc = DEFAULT_CACHE if cache is True else cache
+            cookie = change_cookie(ref.fd, ref.st)
+            key = (cookie.key, raw, ring.fingerprint(), require, allowed)
+            hit = vc.get(key, cookie)
+            if hit is not None:
+                return replace(hit, target=name)
+            verdict = _verdict_from_value(
+                name, raw, _Hasher(name, ref, None), ring, require, allowed
+            )
+            if change_cookie(ref.fd) == cookie:
+                vc.put(key, cookie, verdict)
+            return verdict
     except FileError as e:
         return Verdict(name, Status.UNKNOWN, Cause.UNKNOWN, detail=e.reason)
 

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import stat
 import threading
@@ -21,7 +22,17 @@ from dataclasses import dataclass
 from imaguard.errors import FileChangedError, FileError
 from imaguard.formats.hashalgo import HashAlgo
 
-__all__ = ["Digest", "FileRef", "Target", "file_kind", "hash_bytes", "hash_fd", "open_target"]
+__all__ = [
+    "ChangeCookie",
+    "Digest",
+    "FileRef",
+    "Target",
+    "change_cookie",
+    "file_kind",
+    "hash_bytes",
+    "hash_fd",
+    "open_target",
+]
 
 Target = str | os.PathLike[str] | int | bytes
 """What the library calls accept: a path, an open file descriptor, or the content itself."""
@@ -150,6 +161,47 @@ def hash_fd(ref: FileRef, algorithm: HashAlgo) -> Digest:
     if _identity(before) != _identity(after) or offset != after.st_size:
         raise FileChangedError(ref.name, "changed while it was being hashed; not trusted")
     return Digest(algorithm, h.digest(), offset)
+
+
+FS_IOC_GETVERSION = 0x80087601  # _IOR('v', 1, long)
+
+
+def generation(fd: int) -> int | None:
+    """The inode generation (``FS_IOC_GETVERSION``), where the filesystem has one."""
+    buf = bytearray(8)
+    try:
+        fcntl.ioctl(fd, FS_IOC_GETVERSION, buf)
+    except OSError:
+        return None
+    return int.from_bytes(buf, "little", signed=True) & 0xFFFFFFFF
+
+
+@dataclass(frozen=True)
+class ChangeCookie:
+    """What must be unchanged for a cached result to stand.
+
+    Size, mtime and ctime (nanoseconds) and the inode generation where the filesystem
+    reports one. Editing a file in place and restoring its mtime with ``utime`` still
+    changes its ctime, which no unprivileged call can set back.
+    """
+
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    generation: int | None
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return (self.dev, self.ino)
+
+
+def change_cookie(fd: int, st: os.stat_result | None = None) -> ChangeCookie:
+    st = st if st is not None else os.fstat(fd)
+    return ChangeCookie(
+        st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, generation(fd)
+    )
 
 
 def hash_bytes(data: bytes, algorithm: HashAlgo) -> Digest:

@@ -111,6 +111,9 @@ class Keyring:
 
     def fingerprint(self) -> str:
         """A short sha256 over the certificates, revocations and blacklist (for caches)."""
+        memo = self._index.get(-1)
+        if memo is not None:
+            return str(memo)
         h = hashlib.sha256()
         for cert in self.certificates:
             h.update(cert.der())
@@ -118,4 +121,6 @@ class Keyring:
             h.update(key_id.to_bytes(4, "big"))
         for digest in sorted(self.blacklisted_digests):
             h.update(digest)
-        return h.hexdigest()[:16]
+        value = h.hexdigest()[:16]
+        self._index[-1] = value  # type: ignore[assignment]  # memo slot; key ids are >= 0
+        return value

@@ -66,7 +66,7 @@ class RawRecord(NamedTuple):
     readers leave them None and verification decodes the fields when it needs them.
     """
 
-    index: int
+    index: int  # type: ignore[assignment]  # shadows tuple.index on purpose: the record's position
     offset: int
     pcr: int
     digest: bytes

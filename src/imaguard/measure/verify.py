@@ -201,10 +201,10 @@ def verify_records(
                 findings.append(
                     Finding("violation", "a ToMToU/open-writers violation record", rec.index)
                 )
-            for c, vals, ffv, _ in plan:
-                vals[p] = c(vals[p] + ffv).digest()
+            for c, chain, ffv, _ in plan:
+                chain[p] = c(chain[p] + ffv).digest()
         else:
-            for c, vals, _, is_check in plan:
+            for c, chain, _, is_check in plan:
                 h = c(td).digest()
                 if is_check and h != dig:
                     findings.append(
@@ -214,7 +214,7 @@ def verify_records(
                             rec.index,
                         )
                     )
-                vals[p] = c(vals[p] + h).digest()
+                chain[p] = c(chain[p] + h).digest()
             if separate_check and check(td).digest() != dig:
                 findings.append(
                     Finding(
@@ -225,8 +225,8 @@ def verify_records(
                 )
         watch = exp_by_pcr.get(p)
         if watch is not None:
-            for vals, want, slot in watch:
-                now = vals[p] == want
+            for chain, want, slot in watch:
+                now = chain[p] == want
                 if now != state[slot]:
                     state[slot] = now
                     mismatched += -1 if now else 1
