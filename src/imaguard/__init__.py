@@ -22,6 +22,8 @@ from imaguard.appraise import (
     store_digest,
     verify_file,
 )
+from imaguard.appraise.loaded import VerifiedFile, load_verified
+from imaguard.core import Decision, Guard
 from imaguard.crypto import (
     Certificate,
     GeneratedKey,
@@ -32,11 +34,13 @@ from imaguard.crypto import (
     load_private_key,
 )
 from imaguard.errors import (
+    BackendError,
     Error,
     FileChangedError,
     FileError,
     FormatError,
     KeyLoadError,
+    LogIntegrityError,
     PolicyError,
     PolicyLockedError,
     StoreError,
@@ -44,20 +48,25 @@ from imaguard.errors import (
     VerificationError,
 )
 from imaguard.formats import HashAlgo
+from imaguard.policy import Subject
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BackendError",
     "Cause",
     "Certificate",
+    "Decision",
     "Digest",
     "Error",
     "FileChangedError",
     "FileError",
     "FormatError",
     "GeneratedKey",
+    "Guard",
     "HashAlgo",
     "KeyLoadError",
+    "LogIntegrityError",
     "Keyring",
     "MemoryStore",
     "PolicyError",
@@ -68,9 +77,11 @@ __all__ = [
     "SignatureStore",
     "Status",
     "StoreError",
+    "Subject",
     "UsageError",
     "Verdict",
     "VerificationError",
+    "VerifiedFile",
     "XattrStore",
     "__version__",
     "appraise",
@@ -78,6 +89,7 @@ __all__ = [
     "hash_file",
     "load_certificates",
     "load_private_key",
+    "load_verified",
     "sign_bytes",
     "sign_file",
     "signature_info",

@@ -72,14 +72,21 @@ def fs_name(st_dev: int) -> str | None:
         return _mounts.get(st_dev)
 
 
-def file_object(fd: int, st: os.stat_result, path: str | None) -> Object:
-    """The policy's view of an open file."""
+_magics: dict[int, int | None] = {}
+
+
+def file_object(fd: int, st: os.stat_result, path: str | None, *, resolve: bool = True) -> Object:
+    """The policy's view of an open file (``resolve``: compute the real path for path= rules)."""
+    magic = _magics.get(st.st_dev)
+    if magic is None:
+        magic = fs_magic(fd)
+        _magics[st.st_dev] = magic
     return Object(
         fowner=st.st_uid,
         fgroup=st.st_gid,
-        fsmagic=fs_magic(fd),
+        fsmagic=magic,
         fsname=fs_name(st.st_dev),
-        path=os.path.realpath(path) if path is not None else None,
+        path=os.path.realpath(path) if path is not None and resolve else None,
     )
 
 
@@ -98,17 +105,27 @@ CAP_SETGID = 6
 CAP_SETUID = 7
 
 
+_subjects: dict[tuple[int, ...], Subject] = {}
+
+
 def current_subject() -> Subject:
-    """The calling process as a policy subject (credentials and CAP_SETUID/SETGID)."""
-    ruid, euid, suid = os.getresuid()
-    rgid, egid, sgid = os.getresgid()
-    return Subject(
-        uid=ruid,
-        euid=euid,
-        suid=suid,
-        gid=rgid,
-        egid=egid,
-        sgid=sgid,
-        cap_setuid=_has_cap(CAP_SETUID),
-        cap_setgid=_has_cap(CAP_SETGID),
-    )
+    """The calling process as a policy subject (credentials and CAP_SETUID/SETGID).
+
+    Capabilities are read once per set of credentials (they change with them).
+    """
+    ids = (*os.getresuid(), *os.getresgid())
+    subj = _subjects.get(ids)
+    if subj is None:
+        ruid, euid, suid, rgid, egid, sgid = ids
+        subj = Subject(
+            uid=ruid,
+            euid=euid,
+            suid=suid,
+            gid=rgid,
+            egid=egid,
+            sgid=sgid,
+            cap_setuid=_has_cap(CAP_SETUID),
+            cap_setgid=_has_cap(CAP_SETGID),
+        )
+        _subjects[ids] = subj
+    return subj

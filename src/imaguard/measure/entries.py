@@ -11,8 +11,9 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
+from collections.abc import Callable
 
-from imaguard.appraise.files import hash_fd, open_target
+from imaguard.appraise.files import Digest, FileRef, hash_fd, open_target
 from imaguard.appraise.store import SignatureStore, store_for
 from imaguard.errors import StoreError
 from imaguard.formats import hashalgo
@@ -24,7 +25,13 @@ from imaguard.formats.template import (
     encode_name,
 )
 
-__all__ = ["algorithm_for_value", "buffer_entry", "file_entry", "violation_entry"]
+__all__ = [
+    "algorithm_for_value",
+    "buffer_entry",
+    "entry_for_open_file",
+    "file_entry",
+    "violation_entry",
+]
 
 
 def algorithm_for_value(value: bytes | None, default: str) -> HashAlgo:
@@ -87,6 +94,33 @@ def _fields(
     return tuple(out)
 
 
+def entry_for_open_file(
+    ref: FileRef,
+    template: TemplateDescriptor,
+    *,
+    value: bytes | None,
+    hasher: Callable[[HashAlgo], Digest],
+    ima_hash: str = "sha256",
+    pcr: int = 10,
+) -> TemplateEntry:
+    """The entry for an open file whose stored value was read already.
+
+    ``hasher`` returns the content digest for an algorithm (it may come from a memo shared
+    with appraisal, so the file is hashed once).
+    """
+    algo = algorithm_for_value(value, ima_hash)
+    digest = hasher(algo)
+    sha1 = b""
+    if "d" in template.fields:
+        # The legacy d field is always a SHA-1 digest: re-hash when the algorithm differs.
+        sha1 = digest.value if algo.name == "sha1" else hasher(hashalgo.by_name("sha1")).value
+    sig = value if value is not None and value[:1] in (b"\x03", b"\x06") else b""
+    name = os.fsencode(os.path.realpath(ref.path)) if ref.path is not None else ref.name.encode()
+    return TemplateEntry(
+        pcr, template, _fields(template, name, algo, digest.value, sha1, sig, b"", ref.st)
+    )
+
+
 def file_entry(
     path: str | os.PathLike[str],
     template: TemplateDescriptor,
@@ -97,27 +131,18 @@ def file_entry(
 ) -> TemplateEntry:
     """Measure one file and fill ``template`` (FileChangedError if it changes while hashed)."""
     st_store = store_for(store) if store is None or isinstance(store, str) else store
-    real = os.path.realpath(path)
     with open_target(path) as ref:
         try:
             value = st_store.read(ref)
         except StoreError:
             value = None  # no xattr support: measure without a signature
-        algo = algorithm_for_value(value, ima_hash)
-        digest = hash_fd(ref, algo)
-        sha1 = b""
-        if "d" in template.fields:
-            # The legacy d field is always a SHA-1 digest: re-hash when the algorithm differs.
-            sha1 = (
-                digest.value
-                if algo.name == "sha1"
-                else hash_fd(ref, hashalgo.by_name("sha1")).value
-            )
-        sig = value if value is not None and value[:1] in (b"\x03", b"\x06") else b""
-        return TemplateEntry(
-            pcr,
+        return entry_for_open_file(
+            ref,
             template,
-            _fields(template, os.fsencode(real), algo, digest.value, sha1, sig, b"", ref.st),
+            value=value,
+            ima_hash=ima_hash,
+            pcr=pcr,
+            hasher=lambda algo: hash_fd(ref, algo),
         )
 
 

@@ -197,7 +197,11 @@ class Rule:
 
     def canonical(self) -> str:
         """The rule as the kernel prints it back, without the trailing space and newline."""
-        return self.read_back().rstrip("\n").rstrip(" ")
+        memo = self.__dict__.get("_canonical")
+        if memo is None:
+            memo = self.read_back().rstrip("\n").rstrip(" ")
+            self.__dict__["_canonical"] = memo  # a frozen value: computed once
+        return str(memo)
 
     def read_back(self) -> str:
         """Exactly the kernel's read-back line: each field followed by a space, then a newline."""

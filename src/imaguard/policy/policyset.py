@@ -241,6 +241,7 @@ class PolicySet:
         self.policy_keyring = policy_keyring
         self.appraise_enabled = appraise_enabled
         self._entries: dict[str, _Entry] = {}
+        self._combined: dict[tuple[int, ...], tuple[tuple[PolicyDecision, ...], SetDecision]] = {}
 
     # -- queries ----------------------------------------------------------------------
     def __len__(self) -> int:
@@ -309,6 +310,7 @@ class PolicySet:
             )
         v = version if version is not None else (policy.version or 1)
         self._entries[name] = self._entry(name, policy, v, lock, owner, fail_securely)
+        self._combined.clear()
 
     def add_file(
         self,
@@ -327,6 +329,7 @@ class PolicySet:
             raise PolicyError(f"a policy named {name!r} is already in the set (use update_file)")
         v = policy.version or 1
         self._entries[name] = self._entry(name, policy, v, lock, owner, False)
+        self._combined.clear()
 
     def replace(self, name: str, policy: Policy, *, version: int | None = None) -> None:
         """Replace a policy's rules, as its lock allows, with a higher version."""
@@ -392,12 +395,14 @@ class PolicySet:
         self._entries[name] = self._entry(
             name, policy, new_version, entry.lock, entry.owner, entry.fail_securely
         )
+        self._combined.clear()
 
     def remove(self, name: str) -> None:
         entry = self._get(name)
         if entry.lock is not Lock.OPEN:
             raise PolicyLockedError(f"{name}: a {entry.lock} policy cannot be removed")
         del self._entries[name]
+        self._combined.clear()
 
     def set_lock(self, name: str, lock: Lock | str) -> None:
         """Make a policy's lock stricter (never looser)."""
@@ -418,6 +423,7 @@ class PolicySet:
             entry.owner,
             entry.fail_securely,
         )
+        self._combined.clear()
 
     def _read_file(
         self,
@@ -465,8 +471,26 @@ class PolicySet:
         return parse_policy(data, mode=mode, source=source)
 
     # -- evaluation ------------------------------------------------------------------------
+    @property
+    def uses_paths(self) -> bool:
+        """True when some rule has a path= or path_prefix= condition."""
+        return any(
+            r.path is not None or r.path_prefix is not None
+            for e in self._entries.values()
+            for r in e.policy.rules
+        )
+
     def evaluate(self, req: Request) -> SetDecision:
         decisions = [
             (e.name, e.compiled.evaluate(req), e.fail_securely) for e in self._entries.values()
         ]
-        return combine(decisions)
+        # Per-policy decisions are memoised objects, so their identities make a cheap key;
+        # the memo holds them, so an id is never reused for another decision meanwhile.
+        key = tuple(id(d) for _, d, _ in decisions)
+        hit = self._combined.get(key)
+        if hit is not None:
+            return hit[1]
+        result = combine(decisions)
+        if len(self._combined) < 4096:
+            self._combined[key] = (tuple(d for _, d, _ in decisions), result)
+        return result
