@@ -18,7 +18,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 import click
 
@@ -31,6 +31,10 @@ from imaguard.appraise.verdict import Cause, Status, Verdict
 from imaguard.crypto.keygen import KEY_TYPES
 from imaguard.errors import Error
 from imaguard.formats import hashalgo
+
+if TYPE_CHECKING:
+    from imaguard.core.guard import AppraiseMode
+    from imaguard.policy.parser import Mode as PolicyMode
 
 _log = logging.getLogger("imaguard.cli")
 
@@ -1093,6 +1097,248 @@ def policy_runtime(
     _write_atomic(output, pol.serialize().encode())
     click.echo(f"{output}: {len(pol.digests)} paths", err=True)
     raise _Exit(EXIT_OK)
+
+
+# -- the integrity core ---------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--policy", "policies", multiple=True, help="[NAME=]FILE; repeat for a policy set.")
+@click.option("--builtin", "builtin_names", default=None, help="Built-in names (tcb|appraise_tcb).")
+@click.option(
+    "--policy-mode", type=click.Choice(["kernel", "imaguard"]), default="kernel", show_default=True
+)
+@click.option(
+    "--keyring",
+    "keyrings",
+    multiple=True,
+    type=click.Path(),
+    help="Trusted certificates (file or directory); repeatable.",
+)
+@click.option(
+    "--state",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Keeps the measurement log, the integrity cache and the audit trail.",
+)
+@click.option(
+    "--hook", required=True, help="BPRM_CHECK, FILE_CHECK, MMAP_CHECK, ... or an app hook."
+)
+@click.option("--mask", default=None, help="MAY_READ, or several joined by '|'.")
+@click.option("--as-uid", type=int, default=None, help="Decide as this uid (default: the caller).")
+@click.option(
+    "--mode",
+    type=click.Choice(["enforce", "log", "fix", "off"]),
+    default="enforce",
+    show_default=True,
+    help="As the kernel's ima_appraise=.",
+)
+@_store_options
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of decisions.")
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+def check(
+    policies: tuple[str, ...],
+    builtin_names: str | None,
+    policy_mode: str,
+    keyrings: tuple[str, ...],
+    state: str | None,
+    hook: str,
+    mask: str | None,
+    as_uid: int | None,
+    mode: str,
+    store: str | None,
+    xattr_user: bool,
+    as_json: bool,
+    paths: tuple[str, ...],
+) -> None:
+    """Decide for each file what the policies demand at HOOK; exit 0 all allowed, 1 any denied."""
+    from imaguard.core import Guard, current_subject
+    from imaguard.policy import Subject
+
+    if not policies and builtin_names is None:
+        raise click.UsageError("give --policy [NAME=]FILE (repeatable) or --builtin NAMES")
+    named = dict(_policy_spec(p) for p in policies)
+    st = _resolve_store(store, xattr_user)
+    subject = None
+    if as_uid is not None:
+        me = current_subject()
+        subject = Subject(uid=as_uid, euid=as_uid, gid=me.gid, egid=me.egid)
+    with Guard.from_files(
+        named,
+        keyrings,
+        state,
+        cast("AppraiseMode", mode),
+        cast("PolicyMode", policy_mode),
+        builtin=builtin_names,
+        store=st,
+    ) as guard:
+        decisions = [guard.process(p, hook=hook, mask=mask, subject=subject) for p in paths]
+    if as_json:
+        click.echo(json.dumps([d.to_dict() for d in decisions], indent=2))
+    else:
+        for d in decisions:
+            verdict = "allowed" if d.allowed else "DENIED"
+            parts = []
+            for kind, a in d.actions.items():
+                if a.required:
+                    parts.append(f"{kind}={a.outcome}" + (f"({a.cause})" if a.cause else ""))
+            click.echo(f"{d.path}: {verdict} " + (" ".join(parts) or "(no rule applies)"))
+    raise _Exit(EXIT_OK if all(d.allowed for d in decisions) else EXIT_FAILED)
+
+
+@cli.command()
+@_store_options
+@click.option("--json", "as_json", is_flag=True)
+@click.argument("path", type=click.Path())
+def info(store: str | None, xattr_user: bool, as_json: bool, path: str) -> None:
+    """Is PATH signed, by which key id and algorithm? (No verification, no hashing.)"""
+    st = _resolve_store(store, xattr_user)
+    i = imaguard.signature_info(path, store=st)
+    if as_json:
+        click.echo(json.dumps(i.to_dict(), indent=2))
+    elif not i.present:
+        click.echo(f"{path}: not signed (no value in {st.name})")
+    elif i.error:
+        click.echo(f"{path}: malformed value: {i.error}")
+    elif i.signed:
+        click.echo(f"{path}: signed, key id {i.key_id:08x}, {i.algorithm}, {i.type_name}")
+    else:
+        click.echo(f"{path}: not signed: a {i.algorithm} {i.type_name} value")
+    raise _Exit(EXIT_OK)
+
+
+@cli.group()
+def evm() -> None:
+    """EVM: security.evm HMACs and signatures over a file's security metadata."""
+
+
+def _evm_attrs(xattr_user: bool) -> dict[str, str]:
+    if xattr_user:
+        return {"evm_attr": "user.evm", "ima_attr": "user.ima"}
+    return {"evm_attr": "security.evm", "ima_attr": "security.ima"}
+
+
+def _read_key_file(path: str) -> bytes:
+    data = _read_file(path)
+    return data.strip() if data.strip() else data
+
+
+@evm.command("sign")
+@click.option(
+    "-k",
+    "--key",
+    "key_path",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Private key: write a signature.",
+)
+@click.option(
+    "--hmac-key",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="File holding the HMAC key: write an HMAC (0x02).",
+)
+@click.option(
+    "--portable/--no-portable",
+    default=True,
+    show_default=True,
+    help="Portable signature (0x05: no inode number, generation or fs UUID).",
+)
+@click.option("--uuid", "fs_uuid", default=None, help="Filesystem UUID (non-portable values).")
+@click.option(
+    "-a", "--algo", "algorithm", type=_algorithm_choice(), default="sha256", show_default=True
+)
+@click.option("-p", "--pass", "password", default=None)
+@click.option("--xattr-user", is_flag=True, help="Use user.evm / user.ima.")
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+def evm_sign(
+    key_path: str | None,
+    hmac_key: str | None,
+    portable: bool,
+    fs_uuid: str | None,
+    algorithm: str,
+    password: str | None,
+    xattr_user: bool,
+    paths: tuple[str, ...],
+) -> None:
+    """Write security.evm for each file."""
+    from imaguard.core.evm import parse_uuid, sign_file_evm
+
+    if (key_path is None) == (hmac_key is None):
+        raise click.UsageError("give --key KEY (signature) or --hmac-key FILE (HMAC)")
+    key = imaguard.load_private_key(key_path, password) if key_path else None
+    secret = _read_key_file(hmac_key) if hmac_key else None
+    code = EXIT_OK
+    for path in paths:
+        try:
+            value = sign_file_evm(
+                path,
+                key=key,
+                hmac_key=secret,
+                portable=portable,
+                fs_uuid=parse_uuid(fs_uuid),
+                algorithm=algorithm,
+                **_evm_attrs(xattr_user),
+            )
+            click.echo(f"{path}: {value.hex()}")
+        except Error as e:
+            _err(str(e))
+            code = EXIT_ERROR
+    raise _Exit(code)
+
+
+@evm.command("verify")
+@click.option(
+    "--cert", "certs", multiple=True, type=click.Path(), help="Trusted certificate; repeatable."
+)
+@click.option(
+    "--keyring", "keyrings", multiple=True, type=click.Path(), help="Directory of certificates."
+)
+@click.option("--hmac-key", default=None, type=click.Path(dir_okay=False))
+@click.option("--uuid", "fs_uuid", default=None)
+@click.option("--xattr-user", is_flag=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+def evm_verify_cmd(
+    certs: tuple[str, ...],
+    keyrings: tuple[str, ...],
+    hmac_key: str | None,
+    fs_uuid: str | None,
+    xattr_user: bool,
+    as_json: bool,
+    paths: tuple[str, ...],
+) -> None:
+    """Verify security.evm for each file: exit 0 all pass, 1 any fails."""
+    from imaguard.appraise.files import open_target
+    from imaguard.core.evm import evm_verify, parse_uuid
+
+    ring = imaguard.Keyring.load(*certs, *keyrings) if certs or keyrings else None
+    secret = _read_key_file(hmac_key) if hmac_key else None
+    attrs = _evm_attrs(xattr_user)
+    out = []
+    code = EXIT_OK
+    for path in paths:
+        try:
+            with open_target(path) as ref:
+                r = evm_verify(
+                    ref, keyring=ring, hmac_key=secret, fs_uuid=parse_uuid(fs_uuid), **attrs
+                )
+        except Error as e:
+            _err(str(e))
+            code = EXIT_ERROR
+            continue
+        out.append({"path": path, **r.to_dict()})
+        if not r.passed and code == EXIT_OK:
+            code = EXIT_FAILED
+        if not as_json:
+            click.echo(
+                f"{path}: {r.status}"
+                + (f" ({r.cause})" if r.cause else "")
+                + (f" - {r.detail}" if r.detail else "")
+            )
+    if as_json:
+        click.echo(json.dumps(out, indent=2))
+    raise _Exit(code)
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:

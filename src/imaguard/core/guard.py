@@ -22,6 +22,7 @@ import hashlib
 import logging
 import os
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,6 +33,7 @@ from imaguard.appraise.verdict import Cause, Status, Verdict
 from imaguard.core.audit import AuditSink, MemoryAudit
 from imaguard.core.cache import CacheEntry, IntegrityCache, slot_for
 from imaguard.core.decision import ACTIONS, NOT_REQUIRED, ActionResult, Decision, Outcome
+from imaguard.core.evm import evm_verify
 from imaguard.core.objects import current_subject, file_object
 from imaguard.crypto.keyring import Keyring
 from imaguard.errors import Error, FileError, StoreError, UsageError
@@ -47,7 +49,7 @@ from imaguard.policy.evaluate import Object, Request, Subject, parse_mask
 from imaguard.policy.parser import Mode, parse_policy
 from imaguard.policy.policyset import PolicySet, Provenance, SetDecision
 
-__all__ = ["MODES", "Guard"]
+__all__ = ["MODES", "EvmConfig", "Guard"]
 
 _log = logging.getLogger(__name__)
 
@@ -82,6 +84,7 @@ class Guard:
         template: str = "ima-ng",
         tpm: str | None = None,
         use_cache: bool = True,
+        evm: EvmConfig | None = None,
     ) -> None:
         if mode not in MODES:
             raise UsageError(f"unknown appraisal mode {mode!r} ({', '.join(MODES)})")
@@ -102,6 +105,7 @@ class Guard:
             self.audit = AuditSink(self.state / "audit.jsonl")
         self._log: LogStore | None = None
         self.use_cache = use_cache
+        self.evm = evm
         self._paths = policies.uses_paths
         self.cache = IntegrityCache(
             self._epoch(), self.state / "cache.json" if self.state is not None else None
@@ -327,6 +331,17 @@ class Guard:
                 hit.signer,
             ), True
         raw = value()
+        evm_ok_immutable = False
+        if self.evm is not None:
+            ev = evm_verify(
+                ref, keyring=self.evm.keyring, hmac_key=self.evm.hmac_key, fs_uuid=self.evm.fs_uuid
+            )
+            cause = _EVM_CAUSES.get(ev.status)
+            if cause is not None:
+                verdict = Verdict(name, Status.FAIL, cause, detail=f"EVM: {ev.detail}")
+                entry.slots[slot] = verdict
+                return verdict, False
+            evm_ok_immutable = ev.status == "pass_immutable"
         if sd.appraise_type == "sigv3":
             if raw is not None and raw[:1] == b"\x06":
                 verdict = Verdict(
@@ -343,7 +358,9 @@ class Guard:
                     detail="a sigv3 (fs-verity) signature is required",
                 )
         else:
-            require: Require = "signature" if sd.digsig_required else "any"
+            # A portable EVM signature covering a plain hash satisfies a signature
+            # requirement (spec §3.8 step 4).
+            require: Require = "signature" if sd.digsig_required and not evm_ok_immutable else "any"
             verdict = appraise_value(name, raw, safe_hasher, self.keyring, require, algos)
             if (
                 not verdict.passed
@@ -467,6 +484,23 @@ class Guard:
                     "mode": self.mode,
                 }
             )
+
+
+@dataclass(frozen=True)
+class EvmConfig:
+    """Require EVM: appraisal fails when the file's security metadata does not verify."""
+
+    keyring: Keyring | None = None
+    hmac_key: bytes | None = None
+    fs_uuid: bytes | None = None
+
+
+_EVM_CAUSES = {
+    "no_xattrs": "missing-HMAC",
+    "no_label": "missing-HMAC",
+    "fail_immutable": "invalid-fail-immutable",
+    "fail": "invalid-HMAC",
+}
 
 
 def _first(sd: SetDecision, kind: str) -> Provenance:
