@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,6 +105,7 @@ class Guard:
         if self.audit is None and self.state is not None:
             self.audit = AuditSink(self.state / "audit.jsonl")
         self._log: LogStore | None = None
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self.use_cache = use_cache
         self.evm = evm
         self._paths = policies.uses_paths
@@ -158,14 +160,15 @@ class Guard:
 
     @property
     def log(self) -> LogStore:
+        """The measurement log: in the state directory, or a temporary one without it."""
         if self._log is None:
-            if self.state is None:
-                raise UsageError("measuring needs a state directory (state=...)")
+            if self.state is not None:
+                where = self.state / "log"
+            else:
+                self._tmp = tempfile.TemporaryDirectory(prefix="imaguard-log-")
+                where = Path(self._tmp.name)
             self._log = LogStore(
-                self.state / "log",
-                tpm=self.tpm,
-                template=self.template.name,
-                ima_hash=self.ima_hash,
+                where, tpm=self.tpm, template=self.template.name, ima_hash=self.ima_hash
             )
         return self._log
 
@@ -174,6 +177,9 @@ class Guard:
         if self._log is not None:
             self._log.close()
             self._log = None
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
         if self.audit is not None:
             self.audit.close()
 
