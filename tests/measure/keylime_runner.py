@@ -30,7 +30,7 @@ def main() -> int:
     pcrs: dict[str, str | None] = {"sha1": None, "sha256": None}
     for spec in sys.argv[3:]:
         if spec.startswith("--pcr="):
-            bank, _, value = spec[len("--pcr="):].partition("=")
+            bank, _, value = spec[len("--pcr=") :].partition("=")
             pcrs[bank] = value
     with open(policy_path) as f:
         policy = ima.deserialize_runtime_policy(f.read())
@@ -40,10 +40,18 @@ def main() -> int:
     out: dict[str, dict[str, object]] = {}
     for bank, value in pcrs.items():
         rings = file_signatures.ImaKeyrings()
-        rings.set_tenant_keyring(file_signatures.ImaKeyring.from_string(policy["verification-keys"]))
+        rings.set_tenant_keyring(
+            file_signatures.ImaKeyring.from_string(policy["verification-keys"])
+        )
         running, failure = ima.process_measurement_list(
-            None, list(lines), copy.deepcopy(policy), pcrval=value, ima_keyrings=rings,
-            boot_aggregates=None, hash_alg=algorithms.Hash(bank))
+            None,
+            list(lines),
+            copy.deepcopy(policy),
+            pcrval=value,
+            ima_keyrings=rings,
+            boot_aggregates=None,
+            hash_alg=algorithms.Hash(bank),
+        )
         events = [e.event_id for e in failure.events] if failure else []
         out[bank] = {"running": running, "events": events}
     print(json.dumps({"banks": out}))

@@ -97,7 +97,7 @@ class TemplateDescriptor:
 
     @classmethod
     def lookup(cls, name_or_fmt: str) -> TemplateDescriptor:
-        """A built-in template by name, or a custom one from a ``f1|f2|...`` format string."""
+        """A built-in template by name, or a custom one named by its ``f1|f2|...`` format."""
         if name_or_fmt in TEMPLATES:
             return cls(name_or_fmt, TEMPLATES[name_or_fmt])
         fields = tuple(name_or_fmt.split("|"))
@@ -111,9 +111,8 @@ class TemplateDescriptor:
                 f"unknown template {name_or_fmt!r} (built-ins: {known}; or a format string of "
                 f"at most {MAX_FIELDS} field ids from {', '.join(FIELD_IDS)})"
             )
-        for name, fmt in TEMPLATES.items():
-            if fmt == fields:
-                return cls(name, fields)
+        # A custom template is named by its format string, even when the fields equal a
+        # built-in's (spec §4.1): only the template named exactly "ima" is special.
         return cls(name_or_fmt, fields)
 
     @property
@@ -132,6 +131,8 @@ def encode_name(name: str | bytes, field_id: str = "n-ng") -> bytes:
         )
     raw = raw.replace(b" ", b"_")
     if field_id == "n" and len(raw) > IMA_NAME_PAD - 1:
+        # With no file at hand the kernel truncates (with one, it uses the last path
+        # component: see imaguard.measure.entries).
         raw = raw[: IMA_NAME_PAD - 1]
     return raw + b"\0"
 

@@ -72,7 +72,10 @@ def _fields(
         if fid == "d":
             out.append(sha1)
         elif fid == "n":
-            out.append(encode_name(name, "n"))
+            # A name too long for the ima template: the kernel uses the file's last
+            # path component (it has the file), spec §4.2.
+            short = name if len(name) < 256 or st is None else name.rstrip(b"/").rsplit(b"/", 1)[-1]
+            out.append(encode_name(short, "n"))
         elif fid == "d-ng":
             out.append(encode_digest_ng(algo, digest))
         elif fid == "d-ngv2":

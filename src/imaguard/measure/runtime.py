@@ -81,7 +81,8 @@ def policy_from_tree(
         if entry.skip_reason is not None:
             continue
         d = hash_file(entry.path, algorithm)
-        _add(digests, os.path.realpath(entry.path), d.hex)
+        # The log stores names with spaces as '_' (the kernel's rule), so the policy must too.
+        _add(digests, os.path.realpath(entry.path).replace(" ", "_"), d.hex)
     for agg in boot_aggregates:
         _add(digests, "boot_aggregate", agg)
     return RuntimePolicy(

@@ -40,7 +40,7 @@ from typing import Any
 
 from imaguard.errors import BackendError, FormatError, LogIntegrityError, UsageError
 from imaguard.formats.measurelist import RawRecord, iter_binary, parse_binary, serialize_binary
-from imaguard.formats.template import TemplateDescriptor, TemplateEntry
+from imaguard.formats.template import TEMPLATES, TemplateDescriptor, TemplateEntry
 from imaguard.measure.pcr import (
     DEFAULT_BANKS,
     PcrBackend,
@@ -206,10 +206,15 @@ class LogStore:
                 records.append(rec)
                 good_end = rec.offset + _record_size(rec, data)
         except FormatError as e:
-            # Only a cut-short last record is a torn tail; anything else is damage.
-            if "truncated" not in str(e):
-                raise LogIntegrityError(f"{self.dir / LOG_NAME}: {e}") from e
-            torn = len(data) - good_end
+            # Only a cut-short last record (or zeros a crash left past the data) is a
+            # torn tail; anything else is damage, and nothing is truncated.
+            tail = data[good_end:]
+            zeros = not any(tail)
+            if not zeros and ("truncated" not in str(e) or _holds_a_record(tail, records)):
+                raise LogIntegrityError(
+                    f"{self.dir / LOG_NAME}: {e}; the log is damaged and was left as it is"
+                ) from e
+            torn = len(tail)
         if torn:
             _log.info(
                 "%s: torn tail of %d bytes after %d entries; truncated",
@@ -367,6 +372,22 @@ class LogStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _holds_a_record(tail: bytes, records: list[RawRecord]) -> bool:
+    """True when a record header appears after the start of ``tail``.
+
+    A torn tail is the cut-short prefix of the last write: no complete record header can
+    follow the one that was cut. A bad length field in the middle of the log, though,
+    makes a "truncated" record that swallows later records: refuse that one.
+    """
+    names = {r.template_name for r in records} | set(TEMPLATES)
+    for name in names:
+        raw = name.encode("ascii", "replace")
+        needle = len(raw).to_bytes(4, "little") + raw
+        if tail.find(needle, 4 + 20 + 1) >= 0:  # past the cut record's own header
+            return True
+    return False
 
 
 def _record_size(rec: RawRecord, data: bytes) -> int:
