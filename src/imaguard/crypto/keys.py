@@ -153,7 +153,11 @@ class Certificate:
 
     @property
     def public_key(self) -> PublicKey:
-        return _check_supported(self.x509.public_key(), self.source or "certificate")
+        memo = self.__dict__.get("_public_key")
+        if memo is None:
+            memo = _check_supported(self.x509.public_key(), self.source or "certificate")
+            self.__dict__["_public_key"] = memo  # immutable: parsed once
+        return memo
 
     @property
     def skid_key_id(self) -> int | None:
@@ -189,7 +193,11 @@ class Certificate:
 
     @property
     def description(self) -> str:
-        return f"{_describe(self.public_key)} {self.x509.subject.rfc4514_string()}"
+        memo = self.__dict__.get("_description")
+        if memo is None:
+            memo = f"{_describe(self.public_key)} {self.x509.subject.rfc4514_string()}"
+            self.__dict__["_description"] = memo
+        return str(memo)
 
     def verifies(self, algorithm: HashAlgo, digest: bytes, signature: bytes) -> bool:
         """True when ``signature`` is this key's signature over the prehashed ``digest``."""
