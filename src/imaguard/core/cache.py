@@ -43,6 +43,8 @@ def slot_for(rule_func: str | None) -> str:
 class CacheEntry:
     cookie: ChangeCookie
     slots: dict[str, Verdict] = field(default_factory=dict)
+    values: dict[str, bytes | None] = field(default_factory=dict)
+    """The stored value each slot's verdict was reached on (a changed value is a miss)."""
     measured: set[tuple[int, str | None]] = field(default_factory=set)
     audited: bool = False
 
@@ -116,6 +118,10 @@ class IntegrityCache:
                 entry = CacheEntry(
                     cookie,
                     {k: _verdict_from_dict(v) for k, v in item.get("slots", {}).items()},
+                    {
+                        k: bytes.fromhex(v) if v is not None else None
+                        for k, v in item.get("values", {}).items()
+                    },
                     {(int(p), t) for p, t in item.get("measured", [])},
                     bool(item.get("audited", False)),
                 )
@@ -133,6 +139,9 @@ class IntegrityCache:
                     {
                         "cookie": asdict(e.cookie),
                         "slots": {k: v.to_dict() for k, v in e.slots.items()},
+                        "values": {
+                            k: v.hex() if v is not None else None for k, v in e.values.items()
+                        },
                         "measured": sorted([p, t] for p, t in e.measured),
                         "audited": e.audited,
                     }

@@ -58,7 +58,7 @@ AppraiseMode = Literal["enforce", "log", "fix", "off"]
 MODES = ("enforce", "log", "fix", "off")
 
 _EXEC_HOOKS = {"BPRM_CHECK", "MMAP_CHECK", "MMAP_CHECK_REQPROT", "CREDS_CHECK"}
-MAY_EXEC, MAY_READ = 0x1, 0x4
+MAY_EXEC, MAY_WRITE, MAY_READ = 0x1, 0x2, 0x4
 
 
 def _default_mask(hook: str) -> int:
@@ -260,15 +260,21 @@ class Guard:
                     name, Status.UNKNOWN, Cause.UNKNOWN, algorithm=algo.name, detail=e.reason
                 )
 
+        store_error: list[str] = []
+
         def value() -> bytes | None:
             if not value_box:
                 try:
                     value_box.append(self.store.read(ref))
-                except StoreError:
+                except StoreError as e:
+                    # No xattr support, or the value cannot be read: appraisal is UNKNOWN
+                    # (spec §3.8 step 1); measurement goes on without a signature.
+                    store_error.append(str(e).split(": ", 1)[-1])
                     value_box.append(None)
             return value_box[0]
 
         allowed = True
+        detail = ""
         verdict: Verdict | None = None
         cached = False
         conflict = sd.conflict.reason if sd.conflict else None
@@ -281,7 +287,7 @@ class Guard:
                 allowed = self.mode != "enforce"
             else:
                 verdict, cached = self._appraise(
-                    name, sd, p, entry, value, safe_hasher, hasher, ref
+                    name, sd, p, entry, value, safe_hasher, hasher, ref, store_error
                 )
                 ok = verdict.passed
                 actions["appraise"] = ActionResult(
@@ -294,14 +300,28 @@ class Guard:
                 )
                 if not ok and self.mode == "enforce":
                     allowed = False
+                raw = value()
+                if (
+                    ok
+                    and self.mode == "enforce"
+                    and bits & MAY_WRITE
+                    and raw is not None
+                    and raw[:1] in (b"\x03", b"\x06")
+                ):
+                    # Signed files are immutable under appraisal (spec §3.8, final decision).
+                    allowed = False
+                    detail = "a signed file cannot be opened for write under appraisal"
         if sd.measure:
             actions["measure"] = self._measure(sd, entry, ref, value, hasher)
+        audit_hash: str | None = None
         if sd.audit:
-            actions["audit"] = self._audit_action(sd, entry, hasher, name)
+            actions["audit"], audit_hash = self._audit_action(sd, entry, hasher)
         if sd.hash:
             actions["hash"] = self._hash(sd, ref, value, hasher, entry)
-        decision = Decision(name, hook, allowed, actions, verdict, sd.provenance, cached, conflict)
-        self._audit(decision, subj, digests)
+        decision = Decision(
+            name, hook, allowed, actions, verdict, sd.provenance, cached, conflict, detail
+        )
+        self._audit(decision, subj, audit_hash)
         return decision
 
     # -- actions ------------------------------------------------------------------------------
@@ -315,6 +335,7 @@ class Guard:
         safe_hasher: Any,
         hasher: Any,
         ref: FileRef,
+        store_error: list[str],
     ) -> tuple[Verdict, bool]:
         rule = _rule(sd, p)
         algos = frozenset(sd.appraise_algos) if sd.appraise_algos is not None else None
@@ -322,8 +343,13 @@ class Guard:
             f"{slot_for(rule.func if rule else None)}|{sd.appraise_type}|"
             f"{','.join(sorted(algos)) if algos else ''}"
         )
+        raw = value()
+        if store_error:
+            return Verdict(name, Status.UNKNOWN, Cause.UNKNOWN, detail=store_error[0]), False
         hit = entry.slots.get(slot)
-        if hit is not None:
+        if hit is not None and entry.values.get(slot) == raw:
+            # The value is part of the key: a new sidecar .sig does not touch the file's
+            # ctime, but it must still be seen.
             self.cache.hits += 1
             return Verdict(
                 name,
@@ -336,7 +362,6 @@ class Guard:
                 hit.detail,
                 hit.signer,
             ), True
-        raw = value()
         evm_ok_immutable = False
         if self.evm is not None:
             ev = evm_verify(
@@ -346,6 +371,7 @@ class Guard:
             if cause is not None:
                 verdict = Verdict(name, Status.FAIL, cause, detail=f"EVM: {ev.detail}")
                 entry.slots[slot] = verdict
+                entry.values[slot] = raw
                 return verdict, False
             evm_ok_immutable = ev.status == "pass_immutable"
         if sd.appraise_type == "sigv3":
@@ -378,6 +404,7 @@ class Guard:
                 verdict = self._fix(name, ref, hasher, verdict, algos)
         if verdict.status is not Status.UNKNOWN or verdict.cause != Cause.UNKNOWN:
             entry.slots[slot] = verdict  # file problems are not cached: they may pass
+            entry.values[slot] = raw
         return verdict, False
 
     def _fix(
@@ -426,28 +453,22 @@ class Guard:
         return ActionResult(True, Outcome.PASSED, None, p.policy, p.line)
 
     def _audit_action(
-        self, sd: SetDecision, entry: CacheEntry, hasher: Any, name: str
-    ) -> ActionResult:
+        self, sd: SetDecision, entry: CacheEntry, hasher: Any
+    ) -> tuple[ActionResult, str | None]:
+        """The audit action: the file's hash goes into the trail once until the file changes."""
         p = _first(sd, "audit")
         if entry.audited:
-            return ActionResult(True, Outcome.PASSED, None, p.policy, p.line)
+            return ActionResult(True, Outcome.PASSED, None, p.policy, p.line), None
         try:
             digest = hasher(hashalgo.by_name(self.ima_hash))
         except FileError as e:
-            return ActionResult(True, Outcome.FAILED, "hashing_error", p.policy, p.line, e.reason)
-        if self.audit is not None:
-            self.audit.emit(
-                {
-                    "type": "INTEGRITY_RULE",
-                    "file": name,
-                    "policy": p.policy,
-                    "line": p.line,
-                    "rule": p.rule,
-                    "hash": f"{digest.algorithm.name}:{digest.hex}",
-                }
-            )
+            failed = ActionResult(True, Outcome.FAILED, "hashing_error", p.policy, p.line, e.reason)
+            return failed, None
         entry.audited = True
-        return ActionResult(True, Outcome.PASSED, None, p.policy, p.line)
+        return (
+            ActionResult(True, Outcome.PASSED, None, p.policy, p.line),
+            f"{digest.algorithm.name}:{digest.hex}",
+        )
 
     def _hash(
         self, sd: SetDecision, ref: FileRef, value: Any, hasher: Any, entry: CacheEntry
@@ -469,27 +490,38 @@ class Guard:
         return ActionResult(True, Outcome.PASSED, None, p.policy, p.line)
 
     # -- audit trail ------------------------------------------------------------------------------
-    def _audit(self, decision: Decision, subj: Subject, digests: dict[str, Digest] | None) -> None:
+    def _audit(self, decision: Decision, subj: Subject, audit_hash: str | None) -> None:
+        """Queue the trail's records: the audit action's hash, and every failed action.
+
+        Every record carries the file, hook, subject, policy, rule, action, result and the
+        kernel's cause string.
+        """
         if self.audit is None:
             return
+        rules = {p.action.removeprefix("dont_"): p for p in decision.provenance}
+        subject = {"uid": subj.uid, "euid": subj.euid, "gid": subj.gid, "egid": subj.egid}
         for kind in ACTIONS:
             a = decision.actions[kind]
-            if a.outcome != Outcome.FAILED:
+            if not (a.outcome == Outcome.FAILED or (kind == "audit" and audit_hash is not None)):
                 continue
-            self.audit.emit(
-                {
-                    "type": "INTEGRITY_DATA",
-                    "file": decision.path,
-                    "hook": decision.hook,
-                    "subject": {"uid": subj.uid, "euid": subj.euid, "gid": subj.gid},
-                    "policy": a.policy,
-                    "line": a.line,
-                    "action": kind,
-                    "result": "denied" if not decision.allowed else "allowed",
-                    "cause": a.cause,
-                    "mode": self.mode,
-                }
-            )
+            prov = rules.get(kind)
+            record: dict[str, Any] = {
+                "type": "INTEGRITY_RULE" if a.outcome == Outcome.PASSED else "INTEGRITY_DATA",
+                "file": decision.path,
+                "hook": decision.hook,
+                "subject": subject,
+                "policy": a.policy,
+                "line": a.line,
+                "rule": prov.rule if prov is not None else None,
+                "action": kind,
+                "result": "allowed" if decision.allowed else "denied",
+                "outcome": a.outcome,
+                "cause": a.cause,
+                "mode": self.mode,
+            }
+            if kind == "audit" and audit_hash is not None:
+                record["hash"] = audit_hash
+            self.audit.emit(record)
 
 
 @dataclass(frozen=True)
