@@ -31,6 +31,7 @@ __all__ = [
     "file_kind",
     "hash_bytes",
     "hash_fd",
+    "open_ref",
     "open_target",
 ]
 
@@ -92,6 +93,44 @@ def _identity(st: os.stat_result) -> tuple[int, int, int, int, int]:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
+def _open_error(path: str, e: OSError, follow_symlinks: bool) -> FileError:
+    if e.errno == errno.ELOOP and not follow_symlinks:
+        return FileError(path, "is a symbolic link (not followed)")
+    if e.errno == errno.ENXIO:
+        return FileError(path, "is a socket or a device with nothing behind it")
+    return FileError(path, e.strerror or str(e))
+
+
+def open_ref(target: str | os.PathLike[str] | int, *, follow_symlinks: bool = True) -> FileRef:
+    """Like :func:`open_target` without the context manager: the caller closes ``ref.fd``
+    when ``target`` was a path (a descriptor passed in is the caller's already)."""
+    if isinstance(target, int):
+        try:
+            st = os.fstat(target)
+        except OSError as e:
+            raise FileError(f"<fd {target}>", f"not an open file descriptor ({e.strerror})") from e
+        if not stat.S_ISREG(st.st_mode):
+            raise FileError(f"<fd {target}>", f"is {file_kind(st.st_mode)}, not a regular file")
+        return FileRef(target, f"<fd {target}>", None, st)
+    name = os.fspath(target)
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+    if not follow_symlinks:
+        flags |= os.O_NOFOLLOW
+    try:
+        fd = os.open(name, flags)
+    except OSError as e:
+        raise _open_error(name, e, follow_symlinks) from e
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise FileError(name, f"is {file_kind(st.st_mode)}, not a regular file")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return FileRef(fd, name, name, st)
+
+
 @contextmanager
 def open_target(
     target: str | os.PathLike[str] | int, *, follow_symlinks: bool = True
@@ -118,11 +157,7 @@ def open_target(
     try:
         fd = os.open(path, flags)
     except OSError as e:
-        if e.errno == errno.ELOOP and not follow_symlinks:
-            raise FileError(path, "is a symbolic link (not followed)") from e
-        if e.errno == errno.ENXIO:
-            raise FileError(path, "is a socket or a device with nothing behind it") from e
-        raise FileError(path, e.strerror or str(e)) from e
+        raise _open_error(path, e, follow_symlinks) from e
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):

@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from imaguard.appraise.calls import Require, appraise_value
-from imaguard.appraise.files import Digest, FileRef, change_cookie, hash_fd, open_target
-from imaguard.appraise.store import SignatureStore, default_store, store_for
+from imaguard.appraise.files import Digest, FileRef, change_cookie, hash_fd, open_ref
+from imaguard.appraise.store import SignatureStore, XattrStore, default_store, store_for
 from imaguard.appraise.verdict import Cause, Status, Verdict
 from imaguard.core.audit import AuditSink, MemoryAudit
 from imaguard.core.cache import CacheEntry, IntegrityCache, slot_for
@@ -107,6 +107,7 @@ class Guard:
         self._log: LogStore | None = None
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self.use_cache = use_cache
+        self._value_in_cookie = isinstance(self.store, XattrStore)
         self.evm = evm
         self._paths = policies.uses_paths
         self.cache = IntegrityCache(
@@ -203,8 +204,7 @@ class Guard:
         subj = subject if subject is not None else current_subject()
         name = f"<fd {target}>" if isinstance(target, int) else os.fspath(target)
         try:
-            ctx = open_target(target)
-            ref = ctx.__enter__()
+            ref = open_ref(target)
         except FileError as e:
             path = None if isinstance(target, int) else os.path.realpath(name)
             sd = self.policies.evaluate(Request(hook, bits, subj, Object(path=path)))
@@ -212,7 +212,8 @@ class Guard:
         try:
             return self._process_open(name, hook, bits, subj, ref)
         finally:
-            ctx.__exit__(None, None, None)
+            if not isinstance(target, int):
+                os.close(ref.fd)
 
     def _unexaminable(
         self, name: str, hook: str, sd: SetDecision, subj: Subject, reason: str
@@ -300,13 +301,11 @@ class Guard:
                 )
                 if not ok and self.mode == "enforce":
                     allowed = False
-                raw = value()
                 if (
                     ok
                     and self.mode == "enforce"
                     and bits & MAY_WRITE
-                    and raw is not None
-                    and raw[:1] in (b"\x03", b"\x06")
+                    and (value() or b"")[:1] in (b"\x03", b"\x06")
                 ):
                     # Signed files are immutable under appraisal (spec §3.8, final decision).
                     allowed = False
@@ -343,13 +342,10 @@ class Guard:
             f"{slot_for(rule.func if rule else None)}|{sd.appraise_type}|"
             f"{','.join(sorted(algos)) if algos else ''}"
         )
-        raw = value()
-        if store_error:
-            return Verdict(name, Status.UNKNOWN, Cause.UNKNOWN, detail=store_error[0]), False
         hit = entry.slots.get(slot)
-        if hit is not None and entry.values.get(slot) == raw:
-            # The value is part of the key: a new sidecar .sig does not touch the file's
-            # ctime, but it must still be seen.
+        # An xattr change moves the file's ctime, so the cookie covers it; a sidecar .sig
+        # does not, so then the value itself must match what the verdict was reached on.
+        if hit is not None and (self._value_in_cookie or entry.values.get(slot) == value()):
             self.cache.hits += 1
             return Verdict(
                 name,
@@ -362,6 +358,9 @@ class Guard:
                 hit.detail,
                 hit.signer,
             ), True
+        raw = value()
+        if store_error:
+            return Verdict(name, Status.UNKNOWN, Cause.UNKNOWN, detail=store_error[0]), False
         evm_ok_immutable = False
         if self.evm is not None:
             ev = evm_verify(
