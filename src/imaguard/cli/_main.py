@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -624,7 +625,7 @@ def policy_eval(
 ) -> None:
     """Decide which actions the policy (or policy set) demands for one request."""
     from imaguard.policy import Object, PolicySet, Request, Subject, parse_mask
-    from imaguard.policy.ast import FUNC_ALIASES
+    from imaguard.policy.ast import FUNC_ALIASES, KERNEL_FUNCS
 
     if not policies and builtin_names is None:
         raise click.UsageError("give --policy [NAME=]FILE (repeatable) or --builtin NAMES")
@@ -644,6 +645,15 @@ def policy_eval(
                 f"{fsmagic!r} is not hexadecimal", param_hint="--fsmagic"
             ) from None
     hook = FUNC_ALIASES.get(func, func)
+    if hook not in KERNEL_FUNCS and not (
+        mode == "imaguard" and re.fullmatch(r"[A-Z][A-Z0-9_]*", hook)
+    ):
+        hint = (
+            " (application hooks need --mode imaguard)"
+            if re.fullmatch(r"[A-Z][A-Z0-9_]*", hook)
+            else ""
+        )
+        raise click.BadParameter(f"unknown hook {func!r}{hint}", param_hint="--func")
     data = keyring_name if hook == "KEY_CHECK" else label
     req = Request(
         hook,

@@ -206,6 +206,11 @@ def _opt_list(value: str, what: str, col: int) -> tuple[str, ...]:
 
 
 _ALGO_NAMES = {a.name for a in ALGORITHMS}
+_ALGO_IDS = {a.name: a.id for a in ALGORITHMS}
+
+
+def by_name_id(name: str) -> int:
+    return _ALGO_IDS[name]
 
 
 class _RuleBuilder:
@@ -418,7 +423,9 @@ class _RuleBuilder:
         for name in names:
             if name not in _ALGO_NAMES:
                 raise _RuleError(col, f"appraise_algos: unknown hash algorithm {name!r}")
-        self.fields["appraise_algos"] = tuple(dict.fromkeys(names))
+        # Kept in the kernel's print order (ascending id), duplicates dropped, so a rule
+        # and its read-back line are equal.
+        self.fields["appraise_algos"] = tuple(sorted(set(names), key=by_name_id))
         self.flag("VALIDATE_ALGOS", col)
 
     # -- imaguard extensions --------------------------------------------------------
@@ -518,6 +525,8 @@ def _tokens(text: str) -> list[tuple[str, int]]:
 def parse_rule(text: str, *, mode: Mode = "kernel", line: int = 0) -> Rule:
     """Parse one rule; PolicyError (with the column) when the kernel would refuse it."""
     builder = _RuleBuilder(mode)
+    if text.endswith("\n"):
+        text = text[:-1]  # the kernel parses one write up to its newline (spec §1.1)
     try:
         stripped = text.lstrip(" \t")
         offset = len(text) - len(stripped)
@@ -550,11 +559,11 @@ def parse_policy(
     *,
     mode: Mode = "kernel",
     source: str = "<policy>",
-    max_problems: int = 100,
+    max_problems: int | None = None,
 ) -> Policy:
     """Parse a whole policy, all or nothing.
 
-    Raises PolicyError listing every malformed line (up to ``max_problems``) when any
+    Raises PolicyError listing every malformed line (or the first ``max_problems``) when any
     line is malformed, when a NUL byte or a line longer than the kernel takes appears,
     or when the policy has no rule at all (the kernel refuses an empty write cycle).
     """
@@ -562,12 +571,22 @@ def parse_policy(
         raise PolicyError(f"unknown policy mode {mode!r} (kernel or imaguard)")
     if isinstance(text, bytes | bytearray):
         text = _decode(bytes(text), source)
+    else:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            line = text.count("\n", 0, e.start) + 1
+            col = e.start - (text.rfind("\n", 0, e.start) + 1) + 1
+            reason = "text that is not UTF-8 (a lone surrogate)"
+            raise PolicyError(
+                f"{source}:{line}:{col}: {reason}", [(source, line, col, reason)]
+            ) from None
     problems: list[tuple[str, int, int, str]] = []
     rules: list[Rule] = []
     version: int | None = None
     max_line = MAX_KERNEL_LINE if mode == "kernel" else MAX_IMAGUARD_LINE
     for number, raw in enumerate(text.split("\n"), start=1):
-        if len(problems) >= max_problems:
+        if max_problems is not None and len(problems) >= max_problems:
             break
         if "\0" in raw:
             problems.append((source, number, raw.index("\0") + 1, "NUL byte in the policy"))

@@ -11,7 +11,8 @@
   ever gets stricter) and a **version** that must grow with every change.
 
 Hash versus appraise across policies: as within one kernel policy, appraisal supersedes
-keeping the hash, so ``hash`` is demanded only when no policy appraises.
+keeping the hash, so a policy's ``hash`` is dropped when *another* policy appraises (within
+one policy the kernel's own order decides).
 """
 
 from __future__ import annotations
@@ -166,7 +167,11 @@ def combine(decisions: list[tuple[str, PolicyDecision, bool]]) -> SetDecision:
     measure = any(d.measure for _, d, _ in decisions)
     appraise = any(d.appraise for _, d, _ in decisions)
     audit = any(d.audit for _, d, _ in decisions)
-    hashing = any(d.hash for _, d, _ in decisions) and not appraise
+    # Within a policy the kernel's rule already applies (appraise clears an earlier hash);
+    # across policies, another policy's appraisal supersedes keeping the hash.
+    hashing = any(
+        d.hash and not any(o.appraise for m, o, _ in decisions if m != n) for n, d, _ in decisions
+    )
     targets: list[MeasureTarget] = []
     seen: set[tuple[int, str | None]] = set()
     for name, d, _ in decisions:
