@@ -138,35 +138,15 @@ def open_target(
     """Open a path (or adopt a descriptor) as a regular file; FileError otherwise.
 
     A descriptor passed in is used as is and not closed. A path is opened without
-    blocking and closed on exit.
+    blocking (a FIFO cannot hang it), checked through ``fstat`` on the descriptor, and
+    closed on exit.
     """
-    name = _describe_target(target)
-    if isinstance(target, int):
-        try:
-            st = os.fstat(target)
-        except OSError as e:
-            raise FileError(name, f"not an open file descriptor ({e.strerror})") from e
-        if not stat.S_ISREG(st.st_mode):
-            raise FileError(name, f"is {file_kind(st.st_mode)}, not a regular file")
-        yield FileRef(target, name, None, st)
-        return
-    path = os.fspath(target)
-    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
-    if not follow_symlinks:
-        flags |= os.O_NOFOLLOW
+    ref = open_ref(target, follow_symlinks=follow_symlinks)
     try:
-        fd = os.open(path, flags)
-    except OSError as e:
-        raise _open_error(path, e, follow_symlinks) from e
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise FileError(path, f"is {file_kind(st.st_mode)}, not a regular file")
-        # The file is regular: blocking reads are what we want from here on.
-        os.set_blocking(fd, True)
-        yield FileRef(fd, path, path, st)
+        yield ref
     finally:
-        os.close(fd)
+        if not isinstance(target, int):
+            os.close(ref.fd)
 
 
 def _buffer() -> memoryview:
