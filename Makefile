@@ -59,7 +59,11 @@ test: deps $(STAMP) $(TPM_STAMP) $(KEYLIME_STAMP)
 	$(MAKE) --no-print-directory unit
 
 bench: deps $(STAMP) $(TPM_STAMP) $(KEYLIME_STAMP)
+	mkdir -p bench/out
 	$(PY) bench/run.py
+	$(PY) bench/bench_policy.py --json bench/out/policy.json
+	$(PY) bench/bench_measure.py --json bench/out/measure.json
+	$(PY) bench/bench_core.py --json bench/out/core.json
 
 clean:
 	rm -rf $(VENV) $(KEYLIME_VENV) .pytest_cache .mypy_cache .ruff_cache .coverage build dist src/*.egg-info demo-tree
