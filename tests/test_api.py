@@ -13,11 +13,15 @@ import imaguard
 
 
 def _public_namespace() -> set[str]:
-    return {
-        name
-        for name, value in vars(imaguard).items()
-        if not name.startswith("_") and not isinstance(value, types.ModuleType)
-    }
+    # dir() rather than vars(): most names load on first use (PEP 562), and the package's
+    # __dir__ lists them; getattr() resolves each one.
+    names = set()
+    for name in dir(imaguard):
+        if name.startswith("_"):
+            continue
+        if not isinstance(getattr(imaguard, name), types.ModuleType):
+            names.add(name)
+    return names
 
 
 def test_all_is_exactly_the_public_namespace() -> None:

@@ -2,7 +2,15 @@
 
 The public API is what ``__all__`` lists; every other name is private and may change.
 See README.md for the two interfaces and DESIGN.md for the architecture.
+
+The errors and the direct calls load with the package; keys, the policy engine and the
+integrity core load on first use (PEP 562), so ``import imaguard`` and the command line
+start fast.
 """
+
+import importlib as _importlib
+from typing import TYPE_CHECKING as _TYPE_CHECKING
+from typing import Any as _Any
 
 from imaguard.appraise import (
     Cause,
@@ -22,16 +30,9 @@ from imaguard.appraise import (
     store_digest,
     verify_file,
 )
-from imaguard.appraise.loaded import VerifiedFile, load_verified
-from imaguard.core import Decision, Guard
-from imaguard.crypto import (
-    Certificate,
-    GeneratedKey,
-    Keyring,
-    PrivateKey,
-    generate_key,
-    load_certificates,
-    load_private_key,
+from imaguard.appraise.loaded import (
+    VerifiedFile,
+    load_verified,
 )
 from imaguard.errors import (
     BackendError,
@@ -47,10 +48,51 @@ from imaguard.errors import (
     UsageError,
     VerificationError,
 )
-from imaguard.formats import HashAlgo
-from imaguard.policy import Subject
+from imaguard.formats import (
+    HashAlgo,
+)
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "Certificate": "imaguard.crypto",
+    "Decision": "imaguard.core",
+    "GeneratedKey": "imaguard.crypto",
+    "Guard": "imaguard.core",
+    "Keyring": "imaguard.crypto",
+    "PrivateKey": "imaguard.crypto",
+    "Subject": "imaguard.policy",
+    "generate_key": "imaguard.crypto",
+    "load_certificates": "imaguard.crypto",
+    "load_private_key": "imaguard.crypto",
+}
+
+if _TYPE_CHECKING:
+    from imaguard.core import Decision, Guard
+    from imaguard.crypto import (
+        Certificate,
+        GeneratedKey,
+        Keyring,
+        PrivateKey,
+        generate_key,
+        load_certificates,
+        load_private_key,
+    )
+    from imaguard.policy import Subject
+
+
+def __getattr__(name: str) -> _Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'imaguard' has no attribute {name!r}")
+    value = getattr(_importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 __all__ = [
     "BackendError",

@@ -10,11 +10,9 @@ so a caller can show progress and a summary. Small batches run in-process.
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 import stat
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -172,7 +170,11 @@ def run(
             results.append(r)
             report(r)
         return results
-    chunks = [todo[i : i + CHUNK] for i in range(0, len(todo), CHUNK)]
+    import multiprocessing  # only a large batch pays for these imports
+    from concurrent.futures import ProcessPoolExecutor
+
+    size = max(CHUNK, len(todo) // (workers * 8))
+    chunks = [todo[i : i + size] for i in range(0, len(todo), size)]
     _operation = operation
     try:
         ctx = multiprocessing.get_context("fork")

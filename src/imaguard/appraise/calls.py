@@ -14,7 +14,7 @@ import logging
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import replace
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from imaguard.appraise.cache import DEFAULT_CACHE, VerdictCache
 from imaguard.appraise.files import (
@@ -28,8 +28,6 @@ from imaguard.appraise.files import (
 )
 from imaguard.appraise.store import SignatureStore, store_for
 from imaguard.appraise.verdict import Cause, SignatureInfo, Status, Verdict
-from imaguard.crypto.keyring import Keyring
-from imaguard.crypto.keys import PrivateKey
 from imaguard.errors import FileError, FormatError, StoreError, UsageError, VerificationError
 from imaguard.formats import hashalgo
 from imaguard.formats.hashalgo import HashAlgo
@@ -42,6 +40,10 @@ from imaguard.formats.xattr import (
     digest_value,
 )
 from imaguard.formats.xattr import parse as parse_value
+
+if TYPE_CHECKING:  # the crypto layer loads on first use: `imaguard hash` never needs it
+    from imaguard.crypto.keyring import Keyring
+    from imaguard.crypto.keys import PrivateKey
 
 __all__ = [
     "Require",
@@ -391,6 +393,8 @@ class _Hasher:
 def _keyring(
     keyring: Keyring | str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
 ) -> Keyring:
+    from imaguard.crypto.keyring import Keyring
+
     if isinstance(keyring, Keyring):
         return keyring
     if isinstance(keyring, str | os.PathLike):

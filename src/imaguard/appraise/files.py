@@ -124,7 +124,7 @@ def open_ref(target: str | os.PathLike[str] | int, *, follow_symlinks: bool = Tr
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise FileError(name, f"is {file_kind(st.st_mode)}, not a regular file")
-        os.set_blocking(fd, True)
+        # O_NONBLOCK kept a FIFO from hanging the open; it has no effect on regular files.
     except BaseException:
         os.close(fd)
         raise
@@ -161,7 +161,8 @@ def hash_fd(ref: FileRef, algorithm: HashAlgo) -> Digest:
     """Hash an open regular file from offset 0, detecting changes while it is read."""
     h = algorithm.new()
     view = _buffer()
-    before = os.fstat(ref.fd)
+    before = ref.st  # taken on the descriptor when it was opened
+    size = before.st_size
     offset = 0
     try:
         while True:
@@ -170,6 +171,8 @@ def hash_fd(ref: FileRef, algorithm: HashAlgo) -> Digest:
                 break
             h.update(view[:n])
             offset += n
+            if offset >= size and n < len(view):
+                break  # a short read at the known size is the end (growth shows in fstat)
     except OSError as e:
         raise FileError(ref.name, f"read failed: {e.strerror or e}") from e
     after = os.fstat(ref.fd)

@@ -14,13 +14,16 @@ import fcntl
 import mmap
 import os
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from imaguard.appraise.calls import Require, _keyring, appraise
 from imaguard.appraise.files import open_target
 from imaguard.appraise.store import SignatureStore, store_for
 from imaguard.appraise.verdict import Verdict
-from imaguard.crypto.keyring import Keyring
 from imaguard.errors import FileError, StoreError, VerificationError
+
+if TYPE_CHECKING:
+    from imaguard.crypto.keyring import Keyring
 
 __all__ = ["VerifiedFile", "load_verified"]
 

@@ -29,7 +29,7 @@ from imaguard.appraise.batch import Outcome, Result
 from imaguard.appraise.calls import Require
 from imaguard.appraise.store import STORE_NAMES, SidecarStore, SignatureStore, store_for
 from imaguard.appraise.verdict import Cause, Status, Verdict
-from imaguard.crypto.keygen import KEY_TYPES
+from imaguard.crypto.keytypes import KEY_TYPES
 from imaguard.errors import Error
 from imaguard.formats import hashalgo
 
@@ -359,6 +359,8 @@ def verify(
         verdict = imaguard.appraise(path, ring, require=require, store=st)
         if verdict.passed:
             outcome = Outcome.OK
+            if not as_json and not verbose:
+                return Result(path, outcome)  # nothing to say: keep the result small
         elif verdict.status is Status.UNKNOWN and verdict.cause == Cause.UNKNOWN:
             # The file could not be examined (unreadable, vanished, no xattr support).
             outcome = Outcome.ERROR

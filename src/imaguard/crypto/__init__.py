@@ -1,15 +1,53 @@
-"""Keys, certificates, key ids and keyrings; sign and verify over a digest (DESIGN §2)."""
+"""Keys, certificates, key ids and keyrings; sign and verify over a digest (DESIGN §2).
 
-from imaguard.crypto.keygen import KEY_TYPES, GeneratedKey, generate_key
-from imaguard.crypto.keyring import Keyring
-from imaguard.crypto.keys import (
-    PASSWORD_ENV,
-    Certificate,
-    PrivateKey,
-    key_id_from_public_key,
-    load_certificates,
-    load_private_key,
-)
+Names load on first use (PEP 562): importing ``cryptography`` costs tens of milliseconds
+that commands such as ``imaguard hash`` never need.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from imaguard.crypto.keytypes import KEY_TYPES
+
+_LAZY = {
+    "PASSWORD_ENV": "imaguard.crypto.keys",
+    "Certificate": "imaguard.crypto.keys",
+    "GeneratedKey": "imaguard.crypto.keygen",
+    "Keyring": "imaguard.crypto.keyring",
+    "PrivateKey": "imaguard.crypto.keys",
+    "generate_key": "imaguard.crypto.keygen",
+    "key_id_from_public_key": "imaguard.crypto.keys",
+    "load_certificates": "imaguard.crypto.keys",
+    "load_private_key": "imaguard.crypto.keys",
+}
+
+if TYPE_CHECKING:
+    from imaguard.crypto.keygen import GeneratedKey, generate_key
+    from imaguard.crypto.keyring import Keyring
+    from imaguard.crypto.keys import (
+        PASSWORD_ENV,
+        Certificate,
+        PrivateKey,
+        key_id_from_public_key,
+        load_certificates,
+        load_private_key,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'imaguard.crypto' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 __all__ = [
     "KEY_TYPES",

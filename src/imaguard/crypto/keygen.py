@@ -22,7 +22,7 @@ from imaguard.errors import UsageError
 
 __all__ = ["KEY_TYPES", "GeneratedKey", "generate_key"]
 
-KEY_TYPES = ("rsa2048", "rsa3072", "rsa4096", "ecdsa-p256", "ecdsa-p384")
+from imaguard.crypto.keytypes import KEY_TYPES
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,10 @@ class HashAlgo:
     @property
     def computable(self) -> bool:
         """True when this Python (hashlib over OpenSSL) can compute the algorithm."""
-        return _COMPUTABLE[self.id]
+        known = _COMPUTABLE.get(self.id)
+        if known is None:
+            known = _COMPUTABLE[self.id] = _probe(self.hashlib_name)
+        return known
 
     def new(self) -> Any:
         """A new hashlib object for this algorithm; FormatError when it cannot be computed."""
@@ -83,7 +86,8 @@ HASH_ALGO_LAST = 23
 HASH_MAX_DIGESTSIZE = 64
 
 _BY_NAME = {a.name: a for a in ALGORITHMS}
-_COMPUTABLE = {a.id: _probe(a.hashlib_name) for a in ALGORITHMS}
+_COMPUTABLE: dict[int, bool] = {}
+"""Probed on first use: asking OpenSSL about every algorithm at import costs milliseconds."""
 
 
 def by_id(algo_id: int) -> HashAlgo:
