@@ -47,6 +47,8 @@ class CacheEntry:
     """The stored value each slot's verdict was reached on (a changed value is a miss)."""
     measured: set[tuple[int, str | None]] = field(default_factory=set)
     audited: bool = False
+    may_emit_tomtou: bool = False
+    """A measured read open happened: the next write open is a ToMToU violation."""
 
 
 def _verdict_from_dict(d: dict[str, Any]) -> Verdict:
@@ -83,6 +85,11 @@ class IntegrityCache:
                 entry = CacheEntry(cookie)
                 self._entries[cookie.key] = entry
             return entry
+
+    def peek(self, key: tuple[int, int]) -> CacheEntry | None:
+        """The entry for (st_dev, st_ino), whatever its cookie (for violation tracking)."""
+        with self._lock:
+            return self._entries.get(key)
 
     def rekey(self, entry: CacheEntry, cookie: ChangeCookie) -> None:
         """After imaguard itself changed the file's value (fix mode, hash): keep what is known."""

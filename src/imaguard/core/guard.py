@@ -36,15 +36,16 @@ from imaguard.core.cache import CacheEntry, IntegrityCache, slot_for
 from imaguard.core.decision import ACTIONS, NOT_REQUIRED, ActionResult, Decision, Outcome
 from imaguard.core.evm import evm_verify
 from imaguard.core.objects import current_subject, file_object
+from imaguard.core.objects import fs_magic as _fs_magic
 from imaguard.crypto.keyring import Keyring
 from imaguard.errors import Error, FileError, StoreError, UsageError
 from imaguard.formats import hashalgo
 from imaguard.formats.hashalgo import HashAlgo
 from imaguard.formats.template import TemplateDescriptor
 from imaguard.formats.xattr import digest_value
-from imaguard.measure.entries import entry_for_open_file
+from imaguard.measure.entries import entry_for_open_file, violation_entry
 from imaguard.measure.store import LogStore
-from imaguard.policy.ast import FUNC_ALIASES
+from imaguard.policy.ast import FUNC_ALIASES, Action
 from imaguard.policy.builtin import builtin_policy
 from imaguard.policy.evaluate import Object, Request, Subject, parse_mask
 from imaguard.policy.parser import Mode, parse_policy
@@ -59,6 +60,9 @@ MODES = ("enforce", "log", "fix", "off")
 
 _EXEC_HOOKS = {"BPRM_CHECK", "MMAP_CHECK", "MMAP_CHECK_REQPROT", "CREDS_CHECK"}
 MAY_EXEC, MAY_WRITE, MAY_READ = 0x1, 0x2, 0x4
+_VIOLATION_HOOKS = {"FILE_CHECK", "MMAP_CHECK", "MMAP_CHECK_REQPROT"}
+FUSE_SUPER_MAGIC = 0x65735546
+"""FUSE marks its superblock as having unverifiable signatures (SB_I_IMA_UNVERIFIABLE_SIGNATURE)."""
 
 
 def _default_mask(hook: str) -> int:
@@ -108,6 +112,9 @@ class Guard:
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self.use_cache = use_cache
         self._value_in_cookie = isinstance(self.store, XattrStore)
+        self._measures = any(
+            r.action is Action.MEASURE for n in policies.names() for r in policies.policy(n).rules
+        )
         self.evm = evm
         self._paths = policies.uses_paths
         self.cache = IntegrityCache(
@@ -156,6 +163,11 @@ class Guard:
     def reload(self) -> None:
         """Call after changing the policy set or keyring: cached results are dropped."""
         self._paths = self.policies.uses_paths
+        self._measures = any(
+            r.action is Action.MEASURE
+            for n in self.policies.names()
+            for r in self.policies.policy(n).rules
+        )
         self.cache.epoch = self._epoch()
         self.cache.invalidate()
 
@@ -238,8 +250,10 @@ class Guard:
         obj = file_object(ref.fd, ref.st, ref.path, resolve=self._paths)
         sd = self.policies.evaluate(Request(hook, bits, subj, obj))
         actions: dict[str, ActionResult] = dict.fromkeys(ACTIONS, NOT_REQUIRED)
+        violation = self._tomtou(name, hook, bits, ref) if bits & MAY_WRITE else None
         if not (sd.measure or sd.appraise or sd.audit or sd.hash):
-            return Decision(name, hook, True, actions, None, sd.provenance)
+            extra = {"violation": violation} if violation else {}
+            return Decision(name, hook, True, actions, None, sd.provenance, extra=extra)
         cookie = change_cookie(ref.fd, ref.st)
         use_cache = self.use_cache and sd.cache
         entry = self.cache.lookup(cookie) if use_cache else CacheEntry(cookie)
@@ -312,16 +326,49 @@ class Guard:
                     detail = "a signed file cannot be opened for write under appraisal"
         if sd.measure:
             actions["measure"] = self._measure(sd, entry, ref, value, hasher)
+            if hook in _VIOLATION_HOOKS and not bits & MAY_WRITE:
+                entry.may_emit_tomtou = True  # a measured read: a later write open is ToMToU
         audit_hash: str | None = None
         if sd.audit:
             actions["audit"], audit_hash = self._audit_action(sd, entry, hasher)
         if sd.hash:
             actions["hash"] = self._hash(sd, ref, value, hasher, entry)
         decision = Decision(
-            name, hook, allowed, actions, verdict, sd.provenance, cached, conflict, detail
+            name,
+            hook,
+            allowed,
+            actions,
+            verdict,
+            sd.provenance,
+            cached,
+            conflict,
+            detail,
+            {"violation": violation} if violation else {},
         )
         self._audit(decision, subj, audit_hash)
         return decision
+
+    def _tomtou(self, name: str, hook: str, bits: int, ref: FileRef) -> str | None:
+        """Time of measure, time of use: a file measured for reading is opened for write.
+
+        The kernel emits a violation record (zero digest, PCR extended with 0xFF) once per
+        measured read open, on the next write open (spec §4.6). User space cannot see the
+        kernel's reader count, so a measured read counts until the next write open.
+        """
+        if hook != "FILE_CHECK" or not self._measures:
+            return None
+        entry = self.cache.peek(change_cookie(ref.fd, ref.st).key)
+        if entry is None or not entry.may_emit_tomtou:
+            return None
+        entry.may_emit_tomtou = False
+        try:
+            self.log.append(
+                violation_entry(ref.path or name, self.template, ima_hash=self.ima_hash)
+            )
+        except Error as e:
+            _log.warning("%s: ToMToU violation not recorded: %s", name, e)
+            return None
+        return "ToMToU"
 
     # -- actions ------------------------------------------------------------------------------
     def _appraise(
@@ -361,6 +408,14 @@ class Guard:
         raw = value()
         if store_error:
             return Verdict(name, Status.UNKNOWN, Cause.UNKNOWN, detail=store_error[0]), False
+        if sd.fail_unverifiable_sigs and fs_magic_of(ref) == FUSE_SUPER_MAGIC:
+            # fail_securely: a filesystem whose signatures cannot be trusted always fails.
+            return Verdict(
+                name,
+                Status.FAIL,
+                "unverifiable-signature",
+                detail="fail_securely: signatures on FUSE cannot be verified",
+            ), False
         evm_ok_immutable = False
         if self.evm is not None:
             ev = evm_verify(
@@ -538,6 +593,10 @@ _EVM_CAUSES = {
     "fail_immutable": "invalid-fail-immutable",
     "fail": "invalid-HMAC",
 }
+
+
+def fs_magic_of(ref: FileRef) -> int | None:
+    return _fs_magic(ref.fd)
 
 
 def _first(sd: SetDecision, kind: str) -> Provenance:
