@@ -11,6 +11,8 @@ from typing import Any
 
 BEGIN = "<!-- analysis:begin (kept by bench/run.py when it rewrites this file) -->"
 END = "<!-- analysis:end -->"
+OTHER_BEGIN = "<!-- other-benchmarks:begin (policy, measurement, core; kept by bench/run.py) -->"
+OTHER_END = "<!-- other-benchmarks:end -->"
 MIB = 1 << 20
 
 
@@ -170,7 +172,7 @@ def _source_line(src: dict[str, Any] | None) -> str:
     )
 
 
-def render(res: dict[str, Any], analysis: str) -> str:
+def render(res: dict[str, Any], analysis: str, other: str = "") -> str:
     m = res["machine"]
     tools = m["tools"]
     lines = [
@@ -309,6 +311,12 @@ def render(res: dict[str, Any], analysis: str) -> str:
         analysis.strip() if analysis.strip() else "(no analysis written yet)",
         END,
         "",
+        "## Policy engine, measurement log and integrity core",
+        "",
+        OTHER_BEGIN,
+        other.strip() if other.strip() else "(not recorded yet)",
+        OTHER_END,
+        "",
         "## Rerun",
         "",
         "```sh",
@@ -326,11 +334,19 @@ def render(res: dict[str, Any], analysis: str) -> str:
 
 
 def existing_analysis(path: str) -> str:
+    return _block(path, BEGIN, END)
+
+
+def existing_other(path: str) -> str:
+    return _block(path, OTHER_BEGIN, OTHER_END)
+
+
+def _block(path: str, begin: str, end: str) -> str:
     try:
         with open(path) as f:
             text = f.read()
     except OSError:
         return ""
-    if BEGIN in text and END in text:
-        return text.split(BEGIN, 1)[1].split(END, 1)[0]
+    if begin in text and end in text:
+        return text.split(begin, 1)[1].split(end, 1)[0]
     return ""

@@ -398,7 +398,9 @@ def main() -> None:
 
     if args.render:
         with open(args.render) as f:
-            text = _report.render(json.load(f), _report.existing_analysis(DOCS))
+            text = _report.render(
+                json.load(f), _report.existing_analysis(DOCS), _report.existing_other(DOCS)
+            )
         with open(DOCS, "w") as f:
             f.write(text)
         log(f"{DOCS} rewritten from {args.render}")
@@ -469,7 +471,7 @@ def main() -> None:
 
     full = not args.quick and set(only) == {"hash", "tree"}
     if args.docs or (full and not args.no_docs):
-        text = _report.render(res, _report.existing_analysis(DOCS))
+        text = _report.render(res, _report.existing_analysis(DOCS), _report.existing_other(DOCS))
         with open(DOCS, "w") as f:
             f.write(text)
         log(f"figures written to {DOCS}")
