@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the tests and benchmarks need, when they are missing:
-#   ima-evm-utils (evmctl), openssl, attr (getfattr/setfattr), xxd   - independent oracles
+#   ima-evm-utils (evmctl), openssl, attr (getfattr/setfattr), xxd, fsverity - independent oracles
 #   swtpm, swtpm-tools, tpm2-tools, tss2                             - a software TPM and its tools
 #   libtss2-dev, pkg-config, gcc                                     - to build tpm2-pytss
 set -euo pipefail
-pkgs=(ima-evm-utils attr openssl xxd swtpm swtpm-tools tpm2-tools tss2 libtss2-dev pkg-config gcc)
+pkgs=(ima-evm-utils attr openssl xxd fsverity swtpm swtpm-tools tpm2-tools tss2 libtss2-dev pkg-config gcc)
 need=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")

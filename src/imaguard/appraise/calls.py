@@ -28,6 +28,7 @@ from imaguard.appraise.files import (
 )
 from imaguard.appraise.store import SignatureStore, store_for
 from imaguard.appraise.verdict import Cause, SignatureInfo, Status, Verdict
+from imaguard.appraise.verity import VERITY_ALGORITHMS, fsverity_digest, fsverity_digest_bytes
 from imaguard.errors import FileError, FormatError, StoreError, UsageError, VerificationError
 from imaguard.formats import hashalgo
 from imaguard.formats.hashalgo import HashAlgo
@@ -38,6 +39,7 @@ from imaguard.formats.xattr import (
     SignatureValue,
     XattrType,
     digest_value,
+    file_id,
 )
 from imaguard.formats.xattr import parse as parse_value
 
@@ -59,7 +61,7 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 
-Require = Literal["signature", "digest", "any"]
+Require = Literal["signature", "digest", "any", "verity"]
 """What a file must carry: a signature; or a digest value (only meaningful when something
 else protects it, e.g. EVM); or either."""
 
@@ -116,19 +118,35 @@ def sign_file(
     key: PrivateKey,
     algorithm: str | HashAlgo = DEFAULT_ALGORITHM,
     store: SignatureStore | str | None = None,
+    *,
+    sigv3: bool = False,
 ) -> SignatureValue:
     """Hash a file, sign the digest and store a v2 (0x03) signature value.
 
     The previous value is replaced in one step or left untouched; a file that changes
-    while it is hashed is not signed (:class:`~imaguard.FileChangedError`).
+    while it is hashed is not signed (:class:`~imaguard.FileChangedError`). With
+    ``sigv3`` the value is a v3 (0x06) signature over the file's fs-verity digest, as
+    ``evmctl sign_hash --veritysig`` makes (sha256 or sha512 only).
     """
     algo = _algo(algorithm)
     st = _store(store)
     with open_target(target) as ref:
-        digest = hash_fd(ref, algo)
-        value = SignatureValue(
-            XattrType.EVM_IMA_XATTR_DIGSIG, algo, key.key_id, key.sign_digest(algo, digest.value)
-        )
+        if sigv3:
+            if algo.name not in VERITY_ALGORITHMS:
+                raise UsageError(f"sigv3 signatures use sha256 or sha512, not {algo.name}")
+            h = algo.new()
+            h.update(file_id(algo, fsverity_digest(ref, algo.name)))
+            value = SignatureValue(
+                XattrType.IMA_VERITY_DIGSIG, algo, key.key_id, key.sign_digest(algo, h.digest())
+            )
+        else:
+            digest = hash_fd(ref, algo)
+            value = SignatureValue(
+                XattrType.EVM_IMA_XATTR_DIGSIG,
+                algo,
+                key.key_id,
+                key.sign_digest(algo, digest.value),
+            )
         st.write(ref, value.serialize())
     _log.debug("signed %s with key %08x (%s)", ref.name, key.key_id, algo.name)
     return value
@@ -162,11 +180,26 @@ def _verdict_from_value(
     keyring: Keyring,
     require: Require,
     algorithms: frozenset[str] | None,
+    verity: Callable[[str], bytes | Verdict] | None = None,
 ) -> Verdict:
-    """Appraisal proper (spec kernel-ima.md §3.8, steps 2 and 4, the blacklist and algo checks)."""
+    """Appraisal proper (spec kernel-ima.md §3.8, steps 2 and 4, the blacklist and algo checks).
+
+    ``verity`` gives the file's fs-verity digest for an algorithm (sigv3 values).
+    """
     if raw is None:
-        cause = Cause.SIGNATURE_REQUIRED if require == "signature" else Cause.MISSING_HASH
+        cause = {
+            "signature": Cause.SIGNATURE_REQUIRED,
+            "verity": Cause.VERITY_SIGNATURE_REQUIRED,
+        }.get(require, Cause.MISSING_HASH)
         return Verdict(name, Status.NO_XATTR, cause, detail="no value stored for this file")
+    if require == "verity" and raw[:1] in (b"\x01", b"\x03", b"\x04"):
+        return Verdict(
+            name,
+            Status.FAIL,
+            Cause.VERITY_SIGNATURE_REQUIRED,
+            value_type=raw[0],
+            detail="an fs-verity (sigv3) signature is required",
+        )
     if len(raw) == 0 or raw[0] not in (1, 3, 4, 6):
         kind = f"0x{raw[0]:02x}" if raw else "an empty value"
         return Verdict(
@@ -267,7 +300,10 @@ def _verdict_from_value(
             value_type=int(value.type),
             detail="a signature is stored but a digest value is required",
         )
-    if value.type == XattrType.IMA_VERITY_DIGSIG:
+    sigv3 = value.type == XattrType.IMA_VERITY_DIGSIG
+    bad_signature = Cause.INVALID_VERITY_SIGNATURE if sigv3 else Cause.INVALID_SIGNATURE
+    if sigv3 and (verity is None or algo.name not in VERITY_ALGORITHMS):
+        why = "no fs-verity digest source" if verity is None else f"fs-verity has no {algo.name}"
         return Verdict(
             name,
             Status.UNKNOWN,
@@ -275,7 +311,7 @@ def _verdict_from_value(
             key_id=value.key_id,
             algorithm=algo.name,
             value_type=int(value.type),
-            detail="sigv3 (fs-verity) signatures are not appraised yet",
+            detail=why,
         )
     certs = keyring.lookup(value.key_id)
     if not certs:
@@ -308,10 +344,23 @@ def _verdict_from_value(
             value_type=int(value.type),
             detail=f"{algo.name} cannot be computed here",
         )
-    digest = hasher(algo)
-    if isinstance(digest, Verdict):
-        return digest
-    if keyring.is_blacklisted(digest.value):
+    if sigv3:
+        assert verity is not None
+        vd = verity(algo.name)
+        if isinstance(vd, Verdict):
+            return replace(vd, cause=Cause.SIGV3_HASHING_ERROR)
+        # sigv3 signs H(0x06 || algo || fs-verity digest), spec §3.5.
+        h = algo.new()
+        h.update(file_id(algo, vd))
+        signed = Digest(algo, h.digest(), 0)
+        blacklist_key = vd
+    else:
+        content = hasher(algo)
+        if isinstance(content, Verdict):
+            return content
+        signed = content
+        blacklist_key = content.value
+    if keyring.is_blacklisted(blacklist_key):
         return Verdict(
             name,
             Status.FAIL,
@@ -319,11 +368,11 @@ def _verdict_from_value(
             key_id=value.key_id,
             algorithm=algo.name,
             value_type=int(value.type),
-            digest=digest.value,
+            digest=signed.value,
             detail="the content digest is blacklisted",
         )
     for cert in certs:
-        if cert.verifies(algo, digest.value, value.signature):
+        if cert.verifies(algo, signed.value, value.signature):
             return Verdict(
                 name,
                 Status.PASS,
@@ -331,17 +380,17 @@ def _verdict_from_value(
                 key_id=value.key_id,
                 algorithm=algo.name,
                 value_type=int(value.type),
-                digest=digest.value,
+                digest=signed.value,
                 signer=cert.description,
             )
     return Verdict(
         name,
         Status.FAIL,
-        Cause.INVALID_SIGNATURE,
+        bad_signature,
         key_id=value.key_id,
         algorithm=algo.name,
         value_type=int(value.type),
-        digest=digest.value,
+        digest=signed.value,
         detail="signature does not match the content",
     )
 
@@ -353,13 +402,14 @@ def appraise_value(
     keyring: Keyring,
     require: Require = "signature",
     algorithms: frozenset[str] | None = None,
+    verity: Callable[[str], bytes | Verdict] | None = None,
 ) -> Verdict:
     """Appraise a stored value against content given by ``hasher`` (algorithm -> digest).
 
     The building block of :func:`appraise` for callers that already hold the file open and
     want to share one hash between appraisal and measurement (the integrity core).
     """
-    return _verdict_from_value(name, raw, hasher, keyring, require, algorithms)
+    return _verdict_from_value(name, raw, hasher, keyring, require, algorithms, verity)
 
 
 class _Hasher:
@@ -387,6 +437,22 @@ class _Hasher:
         except FileError as e:
             return Verdict(
                 self.name, Status.UNKNOWN, Cause.UNKNOWN, algorithm=algo.name, detail=e.reason
+            )
+
+    def verity(self, algorithm: str) -> bytes | Verdict:
+        """The fs-verity digest of the target (sigv3), or a verdict saying why not."""
+        if self.data is not None:
+            return fsverity_digest_bytes(self.data, algorithm)
+        assert self.ref is not None
+        try:
+            return fsverity_digest(self.ref, algorithm)
+        except FileError as e:
+            return Verdict(
+                self.name,
+                Status.UNKNOWN,
+                Cause.SIGV3_HASHING_ERROR,
+                algorithm=algorithm,
+                detail=e.reason,
             )
 
 
@@ -425,11 +491,14 @@ def appraise(
     allowed = (
         frozenset(hashalgo.by_name(a).name for a in algorithms) if algorithms is not None else None
     )
-    if require not in ("signature", "digest", "any"):
-        raise UsageError(f"require must be 'signature', 'digest' or 'any', not {require!r}")
+    if require not in ("signature", "digest", "any", "verity"):
+        raise UsageError(
+            f"require must be 'signature', 'digest', 'any' or 'verity', not {require!r}"
+        )
     name = _name(target)
     if isinstance(target, bytes):
-        return _verdict_from_value(name, value, _Hasher(name, None, target), ring, require, allowed)
+        h = _Hasher(name, None, target)
+        return _verdict_from_value(name, value, h, ring, require, allowed, h.verity)
     st = _store(store)
     try:
         with open_target(target) as ref:
@@ -442,19 +511,16 @@ def appraise(
                     )
             else:
                 raw = value
+            h = _Hasher(name, ref, None)
             if cache is False:
-                return _verdict_from_value(
-                    name, raw, _Hasher(name, ref, None), ring, require, allowed
-                )
+                return _verdict_from_value(name, raw, h, ring, require, allowed, h.verity)
             vc = DEFAULT_CACHE if cache is True else cache
             cookie = change_cookie(ref.fd, ref.st)
             key = (cookie.key, raw, ring.fingerprint(), require, allowed)
             hit = vc.get(key, cookie)
             if hit is not None:
                 return replace(hit, target=name)
-            verdict = _verdict_from_value(
-                name, raw, _Hasher(name, ref, None), ring, require, allowed
-            )
+            verdict = _verdict_from_value(name, raw, h, ring, require, allowed, h.verity)
             if change_cookie(ref.fd) == cookie:
                 vc.put(key, cookie, verdict)
             return verdict

@@ -263,6 +263,9 @@ def keys_generate(key_type: str, out_dir: str, cn: str, days: int, force: bool) 
 @click.option(
     "-a", "--algo", "algorithm", type=_algorithm_choice(), default="sha256", show_default=True
 )
+@click.option(
+    "--sigv3", is_flag=True, help="Write a v3 (0x06) signature over the fs-verity digest."
+)
 @_store_options
 @_walk_options
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
@@ -279,8 +282,9 @@ def sign(
     follow_symlinks: bool,
     jobs: int | None,
     paths: tuple[str, ...],
+    sigv3: bool = False,
 ) -> None:
-    """Sign files: write a v2 signature (type 0x03) of their content."""
+    """Sign files: write a v2 signature (type 0x03) of their content (or v3 with --sigv3)."""
     st = _resolve_store(store, xattr_user)
     key = imaguard.load_private_key(key_path, password)
     if cert_path is not None:
@@ -289,7 +293,7 @@ def sign(
     verbose = ctx.obj["verbose"] > 0
 
     def op(path: str) -> Result:
-        value = imaguard.sign_file(path, key, algo, st)
+        value = imaguard.sign_file(path, key, algo, st, sigv3=sigv3)
         return Result(path, Outcome.OK, value.serialize().hex() if verbose else "")
 
     results = _run_batch(

@@ -31,6 +31,7 @@ from imaguard.appraise.calls import Require, appraise_value
 from imaguard.appraise.files import Digest, FileRef, change_cookie, hash_fd, open_ref
 from imaguard.appraise.store import SignatureStore, XattrStore, default_store, store_for
 from imaguard.appraise.verdict import Cause, Status, Verdict
+from imaguard.appraise.verity import fsverity_digest
 from imaguard.core.audit import AuditSink, MemoryAudit
 from imaguard.core.cache import CacheEntry, IntegrityCache, slot_for
 from imaguard.core.decision import ACTIONS, NOT_REQUIRED, ActionResult, Decision, Outcome
@@ -429,20 +430,15 @@ class Guard:
                 return verdict, False
             evm_ok_immutable = ev.status == "pass_immutable"
         if sd.appraise_type == "sigv3":
-            if raw is not None and raw[:1] == b"\x06":
-                verdict = Verdict(
-                    name,
-                    Status.UNKNOWN,
-                    Cause.SIGV3_HASHING_ERROR,
-                    detail="fs-verity (sigv3) appraisal is not supported yet",
-                )
-            else:
-                verdict = Verdict(
-                    name,
-                    Status.FAIL if raw is not None else Status.NO_XATTR,
-                    Cause.VERITY_SIGNATURE_REQUIRED,
-                    detail="a sigv3 (fs-verity) signature is required",
-                )
+            verdict = appraise_value(
+                name,
+                raw,
+                safe_hasher,
+                self.keyring,
+                "verity",
+                algos,
+                lambda algo: _verity_of(ref, name, algo),
+            )
         else:
             # A portable EVM signature covering a plain hash satisfies a signature
             # requirement (spec §3.8 step 4).
@@ -593,6 +589,13 @@ _EVM_CAUSES = {
     "fail_immutable": "invalid-fail-immutable",
     "fail": "invalid-HMAC",
 }
+
+
+def _verity_of(ref: FileRef, name: str, algorithm: str) -> bytes | Verdict:
+    try:
+        return fsverity_digest(ref, algorithm)
+    except FileError as e:
+        return Verdict(name, Status.UNKNOWN, Cause.SIGV3_HASHING_ERROR, detail=e.reason)
 
 
 def fs_magic_of(ref: FileRef) -> int | None:
