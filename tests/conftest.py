@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import subprocess
@@ -15,6 +16,16 @@ import imaguard
 from imaguard.crypto.keygen import GeneratedKey
 
 IS_ROOT = os.geteuid() == 0
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """imaguard's CLI points the imaguard logger at the (captured) stderr; undo that."""
+    logger = logging.getLogger("imaguard")
+    handlers, level = logger.handlers[:], logger.level
+    yield
+    logger.handlers[:] = handlers
+    logger.setLevel(level)
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 import shutil
@@ -17,35 +16,13 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 import imaguard
+from clirun import run_in_process as run
 from imaguard.appraise import batch
-from imaguard.cli import main
 
 IS_ROOT = os.geteuid() == 0
 needs_root = pytest.mark.skipif(not IS_ROOT, reason="security.ima needs root")
 IMAGUARD = Path(sys.executable).with_name("imaguard")
 CONTENT = b"#!/bin/sh\nexit 0\n"
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    """main() points the imaguard logger at the (captured) stderr; undo that afterwards."""
-    logger = logging.getLogger("imaguard")
-    handlers, level = logger.handlers[:], logger.level
-    yield
-    logger.handlers[:] = handlers
-    logger.setLevel(level)
-
-
-def run(capsys: pytest.CaptureFixture[str], *args: str | os.PathLike[str]) -> tuple[int, str, str]:
-    """Run the CLI in-process; return (exit code, stdout, stderr)."""
-    with pytest.raises(SystemExit) as exc:
-        main([os.fspath(a) for a in args])
-    out, err = capsys.readouterr()
-    assert "Traceback" not in out
-    assert "Traceback" not in err
-    code = exc.value.code
-    assert isinstance(code, int)
-    return code, out, err
 
 
 def run_sub(

@@ -8,18 +8,16 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import imaguard
-from imaguard.cli import main
 
 IS_ROOT = os.geteuid() == 0
 needs_root = pytest.mark.skipif(
@@ -101,30 +99,6 @@ def signed(make_file: Callable[..., Path], rsa_key: imaguard.PrivateKey) -> Path
     p = make_file("signed-prog")
     imaguard.sign_file(p, rsa_key)
     return p
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    """main() points the imaguard logger at the (captured) stderr; undo that afterwards."""
-    logger = logging.getLogger("imaguard")
-    handlers, level = logger.handlers[:], logger.level
-    yield
-    logger.handlers[:] = handlers
-    logger.setLevel(level)
-
-
-def run_main(
-    capsys: pytest.CaptureFixture[str], *args: str | os.PathLike[str]
-) -> tuple[int, str, str]:
-    """The CLI in-process: (exit code, stdout, stderr); never a traceback."""
-    with pytest.raises(SystemExit) as exc:
-        main([os.fspath(a) for a in args])
-    out, err = capsys.readouterr()
-    assert "Traceback" not in out
-    assert "Traceback" not in err
-    code = exc.value.code
-    assert isinstance(code, int)
-    return code, out, err
 
 
 def run_sub(

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 import imaguard
+from clirun import run_in_process as run_main
 
 from .conftest import (
     CONTENT,
@@ -20,7 +21,6 @@ from .conftest import (
     decisions,
     edit_in_place_keep_mtime,
     needs_root,
-    run_main,
     run_sub,
     write_policy,
     xattr,

@@ -8,18 +8,16 @@ installed script.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from imaguard.cli import main
+from clirun import run_in_process as run
 from imaguard.policy import builtin_policy
 
 IMAGUARD = Path(sys.executable).with_name("imaguard")
@@ -38,28 +36,6 @@ REQUIRED_KEYS = {
     "permit_directio",
     "provenance",
 }
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    """main() points the imaguard logger at the (captured) stderr; undo that afterwards."""
-    logger = logging.getLogger("imaguard")
-    handlers, level = logger.handlers[:], logger.level
-    yield
-    logger.handlers[:] = handlers
-    logger.setLevel(level)
-
-
-def run(capsys: pytest.CaptureFixture[str], *args: str | os.PathLike[str]) -> tuple[int, str, str]:
-    """Run the CLI in-process; return (exit code, stdout, stderr)."""
-    with pytest.raises(SystemExit) as exc:
-        main([os.fspath(a) for a in args])
-    out, err = capsys.readouterr()
-    assert "Traceback" not in out
-    assert "Traceback" not in err
-    code = exc.value.code
-    assert isinstance(code, int)
-    return code, out, err
 
 
 def write(tmp_path: Path, name: str, text: str | bytes) -> Path:
