@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from imaguard.errors import PolicyError
-from imaguard.policy.ast import DATA_HOOKS, MASKS, Action, Rule
+from imaguard.policy.ast import DATA_HOOKS, MASKS, Action, IdCondition, Rule
 
 __all__ = [
     "DEFAULT_PCR",
@@ -105,6 +105,18 @@ class Request:
     data: str | None = None
 
 
+def _id_matches(
+    cond: IdCondition, real: int | None, effective: int | None, saved: int | None, cap: bool
+) -> bool:
+    """uid=/gid= test the real id; euid=/egid= the effective one, or with CAP_SETUID/SETGID
+    any of effective, saved and real (spec §1.3). An unknown id never matches."""
+    if not cond.effective:
+        return real is not None and cond.holds(real)
+    if cap:
+        return any(v is not None and cond.holds(v) for v in (effective, saved, real))
+    return effective is not None and cond.holds(effective)
+
+
 def match_rule(rule: Rule, req: Request) -> bool:
     """``ima_match_rules``: does ``rule`` apply to ``req`` (its conditions, in kernel order)."""
     func = req.func
@@ -135,26 +147,14 @@ def match_rule(rule: Rule, req: Request) -> bool:
         return False
     if rule.fsuuid is not None and (obj.fsuuid is None or str(rule.fsuuid) != obj.fsuuid.lower()):
         return False
-    if rule.uid is not None:
-        cond = rule.uid
-        if not cond.effective:
-            if subj.uid is None or not cond.holds(subj.uid):
-                return False
-        elif subj.cap_setuid:
-            if not any(v is not None and cond.holds(v) for v in (subj.euid, subj.suid, subj.uid)):
-                return False
-        elif subj.euid is None or not cond.holds(subj.euid):
-            return False
-    if rule.gid is not None:
-        cond = rule.gid
-        if not cond.effective:
-            if subj.gid is None or not cond.holds(subj.gid):
-                return False
-        elif subj.cap_setgid:
-            if not any(v is not None and cond.holds(v) for v in (subj.egid, subj.sgid, subj.gid)):
-                return False
-        elif subj.egid is None or not cond.holds(subj.egid):
-            return False
+    if rule.uid is not None and not _id_matches(
+        rule.uid, subj.uid, subj.euid, subj.suid, subj.cap_setuid
+    ):
+        return False
+    if rule.gid is not None and not _id_matches(
+        rule.gid, subj.gid, subj.egid, subj.sgid, subj.cap_setgid
+    ):
+        return False
     if rule.fowner is not None and (obj.fowner is None or not rule.fowner.holds(obj.fowner)):
         return False
     if rule.fgroup is not None and (obj.fgroup is None or not rule.fgroup.holds(obj.fgroup)):
