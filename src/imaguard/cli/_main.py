@@ -1150,6 +1150,12 @@ def policy_runtime(
     help="As the kernel's ima_appraise=.",
 )
 @_store_options
+@click.option(
+    "--syslog",
+    "use_syslog",
+    is_flag=True,
+    help="Also send the audit trail to syslog (journald reads it).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array of decisions.")
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 def check(
@@ -1164,6 +1170,7 @@ def check(
     mode: str,
     store: str | None,
     xattr_user: bool,
+    use_syslog: bool,
     as_json: bool,
     paths: tuple[str, ...],
 ) -> None:
@@ -1187,6 +1194,7 @@ def check(
         cast("PolicyMode", policy_mode),
         builtin=builtin_names,
         store=st,
+        audit=_audit_sink(state, use_syslog),
     ) as guard:
         decisions = [guard.process(p, hook=hook, mask=mask, subject=subject) for p in paths]
     if as_json:
@@ -1200,6 +1208,18 @@ def check(
                     parts.append(f"{kind}={a.outcome}" + (f"({a.cause})" if a.cause else ""))
             click.echo(f"{d.path}: {verdict} " + (" ".join(parts) or "(no rule applies)"))
     raise _Exit(EXIT_OK if all(d.allowed for d in decisions) else EXIT_FAILED)
+
+
+def _audit_sink(state: str | None, use_syslog: bool) -> Any:
+    """The check command's audit trail: STATE/audit.jsonl and/or syslog (None: the default)."""
+    if not use_syslog:
+        return None
+    from imaguard.core import AuditSink
+
+    path = os.path.join(state, "audit.jsonl") if state is not None else None
+    if state is not None:
+        os.makedirs(state, exist_ok=True)
+    return AuditSink(path, use_syslog=True)
 
 
 @cli.command()
