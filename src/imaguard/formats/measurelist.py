@@ -22,6 +22,7 @@ raw records without decoding fields.
 
 from __future__ import annotations
 
+import binascii
 import hashlib
 import struct
 from collections.abc import Iterable, Iterator
@@ -307,15 +308,16 @@ def iter_ascii(text: bytes, bank: str = "sha1") -> Iterator[RawRecord]:
     """
     size = hashlib.new(bank).digest_size
     pack = _U32.pack
-    fromhex = bytes.fromhex
+    unhex = binascii.unhexlify
+    fast = {name.encode(): (name, n) for name, n in _FAST_ASCII.items()}
+    pcrs = {str(i).encode(): i for i in range(MAX_PCR)}
     index = 0
     for number, line in enumerate(text.split(b"\n"), start=1):
         if not line:
             continue
         parts = line.lstrip(b" ").split(b" ")
-        tname = parts[2].decode("ascii", "replace") if len(parts) > 2 else ""
-        nfields = _FAST_ASCII.get(tname)
-        if nfields is None or len(parts) != 3 + nfields:
+        kind = fast.get(parts[2]) if len(parts) > 2 else None
+        if kind is None or len(parts) != 3 + kind[1]:
             try:
                 (rec,) = parse_ascii(line, bank)
             except FormatError as e:
@@ -326,30 +328,32 @@ def iter_ascii(text: bytes, bank: str = "sha1") -> Iterator[RawRecord]:
             )
             index += 1
             continue
+        tname, nfields = kind
+        pcr = pcrs.get(parts[0])
+        dng = parts[3]
+        colon = dng.find(b":")
         try:
-            pcr = int(parts[0])
-            digest = fromhex(parts[1].decode("ascii"))
-            dng = parts[3]
-            colon = dng.index(b":")
+            if pcr is None:
+                raise ValueError(f"PCR index {parts[0][:10]!r}")
+            digest = unhex(parts[1])
+            if colon < 0:
+                raise ValueError("d-ng field without ':'")
+            file_digest = unhex(dng[colon + 1 :])
             algo = dng[:colon].decode("ascii")
-            file_digest = fromhex(dng[colon + 1 :].decode("ascii"))
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
             raise FormatError(f"line {number}: malformed column ({exc})") from None
         if len(digest) != size:
             raise FormatError(
                 f"line {number}: template digest of {len(digest)} bytes; the {bank} bank has {size}"
             )
-        if not 0 <= pcr < MAX_PCR:
-            raise FormatError(f"line {number}: PCR index {pcr}")
         f1 = dng[: colon + 1] + b"\0" + file_digest
         name = parts[4]
-        f2 = name + b"\0"
-        td = pack(len(f1)) + f1 + pack(len(f2)) + f2
+        td = pack(len(f1)) + f1 + pack(len(name) + 1) + name + b"\0"
         sig = None
         if nfields == 3:
             try:
-                sig = fromhex(parts[5].decode("ascii"))
-            except (ValueError, UnicodeDecodeError) as exc:
+                sig = unhex(parts[5])
+            except (ValueError, binascii.Error) as exc:
                 raise FormatError(f"line {number}: malformed third field ({exc})") from None
             td += pack(len(sig)) + sig
         yield RawRecord(index, number, pcr, digest, tname, td, name, (algo, file_digest), sig)
