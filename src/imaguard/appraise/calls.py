@@ -14,7 +14,7 @@ import logging
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import replace
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from imaguard.appraise.cache import DEFAULT_CACHE, VerdictCache
 from imaguard.appraise.files import (
@@ -238,112 +238,68 @@ def _verdict_from_value(
         return Verdict(name, Status.FAIL, cause, value_type=raw[0], detail=str(e))
     assert not isinstance(value, HmacValue)  # excluded by the type-byte check above
     algo = value.algorithm
-    if algorithms is not None and algo.name not in algorithms:
+    key_id = value.key_id if isinstance(value, SignatureValue) else None
+
+    def verdict(status: Status, cause: str | None, detail: str = "", **extra: Any) -> Verdict:
+        """A verdict about this value: the name, key id, algorithm and type filled in."""
         return Verdict(
             name,
-            Status.FAIL,
-            Cause.DENIED_HASH_ALGORITHM,
+            status,
+            cause,
+            key_id=key_id,
             algorithm=algo.name,
             value_type=int(value.type),
-            detail=f"{algo.name} is not among the allowed algorithms "
-            f"({', '.join(sorted(algorithms))})",
+            detail=detail,
+            **extra,
+        )
+
+    if algorithms is not None and algo.name not in algorithms:
+        return verdict(
+            Status.FAIL,
+            Cause.DENIED_HASH_ALGORITHM,
+            f"{algo.name} is not among the allowed algorithms ({', '.join(sorted(algorithms))})",
         )
     if isinstance(value, DigestValue | DigestNgValue):
-        if require == "signature":
-            return Verdict(
-                name,
-                Status.FAIL,
-                Cause.SIGNATURE_REQUIRED,
-                algorithm=algo.name,
-                value_type=int(value.type),
-                detail="a digest is stored but a signature is required",
-            )
+        # (A required signature was refused before parsing, as the kernel does.)
         digest = hasher(algo)
         if isinstance(digest, Verdict):
             return digest
         if keyring.is_blacklisted(digest.value):
-            return Verdict(
-                name,
+            return verdict(
                 Status.FAIL,
                 Cause.BLACKLISTED_HASH,
-                algorithm=algo.name,
-                value_type=int(value.type),
+                "the content digest is blacklisted",
                 digest=digest.value,
-                detail="the content digest is blacklisted",
             )
         if digest.value != value.digest:
-            return Verdict(
-                name,
+            return verdict(
                 Status.FAIL,
                 Cause.INVALID_HASH,
-                algorithm=algo.name,
-                value_type=int(value.type),
+                "content does not match the stored digest",
                 digest=digest.value,
-                detail="content does not match the stored digest",
             )
-        return Verdict(
-            name,
-            Status.PASS,
-            None,
-            algorithm=algo.name,
-            value_type=int(value.type),
-            digest=digest.value,
-        )
+        return verdict(Status.PASS, None, digest=digest.value)
     # A signature.
     if require == "digest":
-        return Verdict(
-            name,
-            Status.FAIL,
-            Cause.MISSING_HASH,
-            key_id=value.key_id,
-            algorithm=algo.name,
-            value_type=int(value.type),
-            detail="a signature is stored but a digest value is required",
+        return verdict(
+            Status.FAIL, Cause.MISSING_HASH, "a signature is stored but a digest value is required"
         )
     sigv3 = value.type == XattrType.IMA_VERITY_DIGSIG
     bad_signature = Cause.INVALID_VERITY_SIGNATURE if sigv3 else Cause.INVALID_SIGNATURE
     if sigv3 and (verity is None or algo.name not in VERITY_ALGORITHMS):
         why = "no fs-verity digest source" if verity is None else f"fs-verity has no {algo.name}"
-        return Verdict(
-            name,
-            Status.UNKNOWN,
-            Cause.SIGV3_HASHING_ERROR,
-            key_id=value.key_id,
-            algorithm=algo.name,
-            value_type=int(value.type),
-            detail=why,
-        )
+        return verdict(Status.UNKNOWN, Cause.SIGV3_HASHING_ERROR, why)
     certs = keyring.lookup(value.key_id)
     if not certs:
-        return Verdict(
-            name,
+        return verdict(
             Status.UNKNOWN_KEY,
             Cause.INVALID_SIGNATURE,
-            key_id=value.key_id,
-            algorithm=algo.name,
-            value_type=int(value.type),
-            detail=f"no key with id {value.key_id:08x} in keyring {keyring.name}",
+            f"no key with id {value.key_id:08x} in keyring {keyring.name}",
         )
     if keyring.is_revoked(value.key_id):
-        return Verdict(
-            name,
-            Status.FAIL,
-            Cause.INVALID_SIGNATURE,
-            key_id=value.key_id,
-            algorithm=algo.name,
-            value_type=int(value.type),
-            detail=f"key {value.key_id:08x} is revoked",
-        )
+        return verdict(Status.FAIL, Cause.INVALID_SIGNATURE, f"key {value.key_id:08x} is revoked")
     if not algo.computable:
-        return Verdict(
-            name,
-            Status.UNKNOWN,
-            Cause.UNKNOWN,
-            key_id=value.key_id,
-            algorithm=algo.name,
-            value_type=int(value.type),
-            detail=f"{algo.name} cannot be computed here",
-        )
+        return verdict(Status.UNKNOWN, Cause.UNKNOWN, f"{algo.name} cannot be computed here")
     if sigv3:
         assert verity is not None
         vd = verity(algo.name)
@@ -352,46 +308,21 @@ def _verdict_from_value(
         # sigv3 signs H(0x06 || algo || fs-verity digest), spec §3.5.
         h = algo.new()
         h.update(file_id(algo, vd))
-        signed = Digest(algo, h.digest(), 0)
-        blacklist_key = vd
+        signed, blacklist_key = h.digest(), vd
     else:
         content = hasher(algo)
         if isinstance(content, Verdict):
             return content
-        signed = content
-        blacklist_key = content.value
+        signed, blacklist_key = content.value, content.value
     if keyring.is_blacklisted(blacklist_key):
-        return Verdict(
-            name,
-            Status.FAIL,
-            Cause.BLACKLISTED_HASH,
-            key_id=value.key_id,
-            algorithm=algo.name,
-            value_type=int(value.type),
-            digest=signed.value,
-            detail="the content digest is blacklisted",
+        return verdict(
+            Status.FAIL, Cause.BLACKLISTED_HASH, "the content digest is blacklisted", digest=signed
         )
     for cert in certs:
-        if cert.verifies(algo, signed.value, value.signature):
-            return Verdict(
-                name,
-                Status.PASS,
-                None,
-                key_id=value.key_id,
-                algorithm=algo.name,
-                value_type=int(value.type),
-                digest=signed.value,
-                signer=cert.description,
-            )
-    return Verdict(
-        name,
-        Status.FAIL,
-        bad_signature,
-        key_id=value.key_id,
-        algorithm=algo.name,
-        value_type=int(value.type),
-        digest=signed.value,
-        detail="signature does not match the content",
+        if cert.verifies(algo, signed, value.signature):
+            return verdict(Status.PASS, None, digest=signed, signer=cert.description)
+    return verdict(
+        Status.FAIL, bad_signature, "signature does not match the content", digest=signed
     )
 
 
