@@ -430,19 +430,17 @@ class _RuleBuilder:
 
     # -- imaguard extensions --------------------------------------------------------
     def _ext_path(self, value: str, col: int) -> None:
-        if "path" in self.fields or "path_prefix" in self.fields:
-            raise _RuleError(col, "one path= or path_prefix= per rule")
-        if not value.startswith("/"):
-            raise _RuleError(col, f"path={value!r} must be absolute")
-        self.fields["path"] = value
-        self.flag("PATH", col)
+        self._path_condition("path", value, col)
 
     def _ext_path_prefix(self, value: str, col: int) -> None:
+        self._path_condition("path_prefix", value, col)
+
+    def _path_condition(self, key: str, value: str, col: int) -> None:
         if "path" in self.fields or "path_prefix" in self.fields:
             raise _RuleError(col, "one path= or path_prefix= per rule")
         if not value.startswith("/"):
-            raise _RuleError(col, f"path_prefix={value!r} must be absolute")
-        self.fields["path_prefix"] = value
+            raise _RuleError(col, f"{key}={value!r} must be absolute")
+        self.fields[key] = value
         self.flag("PATH", col)
 
     def _ext_cache(self, value: str, col: int) -> None:
