@@ -8,10 +8,9 @@ integrity core load on first use (PEP 562), so ``import imaguard`` and the comma
 start fast.
 """
 
-import importlib as _importlib
 from typing import TYPE_CHECKING as _TYPE_CHECKING
-from typing import Any as _Any
 
+from imaguard._lazy import lazy_names as _lazy_names
 from imaguard.appraise import (
     Cause,
     Digest,
@@ -81,19 +80,6 @@ if _TYPE_CHECKING:
     from imaguard.policy import Subject
 
 
-def __getattr__(name: str) -> _Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'imaguard' has no attribute {name!r}")
-    value = getattr(_importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
-
-
 __all__ = [
     "BackendError",
     "Cause",
@@ -138,3 +124,5 @@ __all__ = [
     "store_digest",
     "verify_file",
 ]
+
+__getattr__, __dir__ = _lazy_names(__name__, _LAZY, __all__, globals())

@@ -6,9 +6,9 @@ that commands such as ``imaguard hash`` never need.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from imaguard._lazy import lazy_names
 from imaguard.crypto.keytypes import KEY_TYPES
 
 _LAZY = {
@@ -36,19 +36,6 @@ if TYPE_CHECKING:
     )
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'imaguard.crypto' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
-
-
 __all__ = [
     "KEY_TYPES",
     "PASSWORD_ENV",
@@ -61,3 +48,5 @@ __all__ = [
     "load_certificates",
     "load_private_key",
 ]
+
+__getattr__, __dir__ = lazy_names(__name__, _LAZY, __all__, globals())
