@@ -49,6 +49,7 @@ __all__ = [
     "parse_binary",
     "serialize_ascii",
     "serialize_binary",
+    "serialize_record",
     "split_fields",
 ]
 
@@ -228,20 +229,21 @@ def parse_binary(data: bytes, bank: str = "sha1") -> list[LogRecord]:
     return [LogRecord(_entry_from_raw(r), r.digest) for r in iter_binary(data, bank)]
 
 
+def serialize_record(e: TemplateEntry, digest: bytes) -> bytes:
+    """One binary record, with its template digest (for the file's bank) already computed."""
+    name = e.template.name.encode("ascii")
+    head = _U32.pack(e.pcr) + digest + _U32.pack(len(name)) + name
+    if e.template.is_ima:
+        d, n = e.fields
+        raw_name = n[:-1] if n.endswith(b"\0") else n
+        return head + d + _U32.pack(len(raw_name)) + raw_name
+    td = e.template_data()
+    return head + _U32.pack(len(td)) + td
+
+
 def serialize_binary(entries: Iterable[TemplateEntry], bank: str = "sha1") -> bytes:
     """The binary list for ``bank``, template digests computed for that bank."""
-    out = bytearray()
-    for e in entries:
-        name = e.template.name.encode("ascii")
-        out += _U32.pack(e.pcr) + e.template_digest(bank) + _U32.pack(len(name)) + name
-        if e.template.is_ima:
-            d, n = e.fields
-            raw_name = n[:-1] if n.endswith(b"\0") else n
-            out += d + _U32.pack(len(raw_name)) + raw_name
-        else:
-            td = e.template_data()
-            out += _U32.pack(len(td)) + td
-    return bytes(out)
+    return b"".join(serialize_record(e, e.template_digest(bank)) for e in entries)
 
 
 def serialize_ascii(entries: Iterable[TemplateEntry], bank: str = "sha1") -> bytes:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from imaguard.errors import FormatError
@@ -273,6 +274,20 @@ class TemplateEntry:
         if self.violation:
             return b"\0" * size
         return hashlib.new(bank, self.template_data()).digest()
+
+    def template_digests(self, banks: Iterable[str]) -> dict[str, bytes]:
+        """Template digests for several banks, building the template data once."""
+        banks = tuple(dict.fromkeys(banks))
+        if self.violation:
+            return {b: b"\0" * hashlib.new(b).digest_size for b in banks}
+        data = self.template_data()
+        return {b: hashlib.new(b, data).digest() for b in banks}
+
+    def extend_values(self, banks: Iterable[str]) -> dict[str, bytes]:
+        """What each bank's PCR is extended with (0xFF.. for a violation)."""
+        if self.violation:
+            return {b: b"\xff" * hashlib.new(b).digest_size for b in dict.fromkeys(banks)}
+        return self.template_digests(banks)
 
     def extend_value(self, bank: str = "sha1") -> bytes:
         """What the PCR is extended with: the template digest, or 0xFF.. for a violation."""

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from imaguard.errors import BackendError, FormatError, LogIntegrityError, UsageError
-from imaguard.formats.measurelist import RawRecord, iter_binary, parse_binary, serialize_binary
+from imaguard.formats.measurelist import RawRecord, iter_binary, parse_binary, serialize_record
 from imaguard.formats.template import TEMPLATES, TemplateDescriptor, TemplateEntry
 from imaguard.measure.pcr import (
     DEFAULT_BANKS,
@@ -77,10 +77,11 @@ class OpenReport:
 
 
 class _Pending:
-    __slots__ = ("done", "entry", "error", "result")
+    __slots__ = ("done", "entry", "error", "result", "values")
 
     def __init__(self, entry: TemplateEntry) -> None:
         self.entry = entry
+        self.values: dict[str, bytes] = {}
         self.done = False
         self.result: AppendResult | None = None
         self.error: BaseException | None = None
@@ -302,13 +303,18 @@ class LogStore:
         added: list[_Pending] = []
         for p in batch:
             e = p.entry
-            key = (e.template_digest("sha1"), e.pcr)
+            # Each bank's template digest once: the dedup key, the record and the extend.
+            digests = e.template_digests(("sha1", *self.banks))
+            key = (digests["sha1"], e.pcr)
             if not e.violation and key in self._seen:
                 p.result = AppendResult(None, False, "hash_exists")
                 continue
             if not e.violation:
                 self._seen.add(key)
-            out += serialize_binary([e], "sha1")
+            out += serialize_record(e, digests["sha1"])
+            p.values = (
+                e.extend_values(self.banks) if e.violation else {b: digests[b] for b in self.banks}
+            )
             p.result = AppendResult(self._count + len(added), True)
             added.append(p)
         try:
@@ -326,11 +332,9 @@ class LogStore:
         self._count += len(added)
         try:
             for p in added:
-                e = p.entry
-                values = {b: e.extend_value(b) for b in self.banks}
-                self.soft.extend(e.pcr, values)
+                self.soft.extend(p.entry.pcr, p.values)
                 if self.backend is not None:
-                    self.backend.extend(e.pcr, values)
+                    self.backend.extend(p.entry.pcr, p.values)
         except BackendError as err:
             # The entries are durable; the TPM missed some. Re-opening the store extends them.
             self._failed = err
