@@ -1,7 +1,7 @@
 """imaguard: file integrity for Linux user space, compatible with the kernel's IMA.
 
 The public API is what ``__all__`` lists; every other name is private and may change.
-See README.md for the two interfaces and DESIGN.md for the architecture.
+See README.md for the two interfaces and docs/architecture.md for the architecture.
 
 The errors and the direct calls load with the package; keys, the policy engine and the
 integrity core load on first use (PEP 562), so ``import imaguard`` and the command line
