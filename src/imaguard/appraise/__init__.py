@@ -1,4 +1,6 @@
-"""The direct calls: hash, sign, appraise, signature_info; typed verdicts (DESIGN §2).
+"""The direct calls: hash, sign, appraise, signature_info; typed verdicts.
+
+See docs/architecture.md for the layers and the two interfaces.
 
 No policy and no cache live here: every call reads the file and decides.
 """

@@ -165,7 +165,7 @@ def sign_bytes(
 
 def _lenient_parse(raw: bytes) -> DigestValue | DigestNgValue | HmacValue | SignatureValue:
     """Parse as the kernel reads a value for appraisal: a 0x04 digest may carry trailing
-    bytes (only the first digest_size bytes are compared, spec §3.8 step 4)."""
+    bytes (only the first digest_size bytes are compared: ima_appraise.c xattr_verify)."""
     if raw[0] == 4 and len(raw) >= 2:
         algo = hashalgo.by_id(raw[1])
         if len(raw) > 2 + algo.digest_size:
@@ -182,7 +182,8 @@ def _verdict_from_value(
     algorithms: frozenset[str] | None,
     verity: Callable[[str], bytes | Verdict] | None = None,
 ) -> Verdict:
-    """Appraisal proper (spec kernel-ima.md §3.8, steps 2 and 4, the blacklist and algo checks).
+    """Appraisal proper: ``ima_appraise_measurement()`` and ``xattr_verify()`` in
+    security/integrity/ima/ima_appraise.c, with the blacklist and algorithm checks.
 
     ``verity`` gives the file's fs-verity digest for an algorithm (sigv3 values).
     """
@@ -305,7 +306,7 @@ def _verdict_from_value(
         vd = verity(algo.name)
         if isinstance(vd, Verdict):
             return replace(vd, cause=Cause.SIGV3_HASHING_ERROR)
-        # sigv3 signs H(0x06 || algo || fs-verity digest), spec §3.5.
+        # sigv3 signs H(0x06 || algo || fs-verity digest): ima_appraise.c calc_file_id_hash.
         h = algo.new()
         h.update(file_id(algo, vd))
         signed, blacklist_key = h.digest(), vd

@@ -1,4 +1,7 @@
-"""EVM: ``security.evm`` HMACs and signatures over a file's security metadata (spec §6).
+"""EVM: ``security.evm`` HMACs and signatures over a file's security metadata.
+
+The kernel's security/integrity/evm/evm_crypto.c (``evm_calc_hmac_or_hash()``,
+``hmac_add_misc()``) and Documentation/ABI/testing/evm.
 
 What is hashed, in order:
 

@@ -1,8 +1,9 @@
 """Typed appraisal results: :class:`Verdict` and :class:`SignatureInfo`.
 
-Statuses follow the kernel's ``enum integrity_status`` (spec kernel-ima.md §3.6), with
+Statuses follow the kernel's ``enum integrity_status`` (include/linux/integrity.h), with
 one more that the kernel folds into ``fail``: ``unknown-key`` (the signature names a key
-the keyring does not hold). Causes are the kernel's audit cause strings (§3.11).
+the keyring does not hold). Causes are the kernel's audit cause strings (set in
+``ima_appraise_measurement()``, security/integrity/ima/ima_appraise.c).
 
 A verdict has no truth value: code that decides must read ``verdict.passed`` or
 ``verdict.status`` explicitly (``if verdict:`` raises TypeError).
@@ -34,7 +35,7 @@ class Status(StrEnum):
 
 
 class Cause:
-    """The kernel's audit cause strings used by appraisal (spec §3.8, §3.11)."""
+    """The kernel's audit cause strings used by appraisal (ima_appraise.c, ima_main.c)."""
 
     MISSING_HASH = "missing-hash"
     SIGNATURE_REQUIRED = "IMA-signature-required"

@@ -12,7 +12,8 @@ depends only on the content, so user space computes the same value from the byte
   (little-endian u64), the root hash zero-padded to 64 bytes, and zeros.
 
 A sigv3 signature (``security.ima`` type 0x06) signs ``H(0x06 || algo || digest)``
-(spec kernel-ima.md §3.5).
+(``struct ima_file_id`` in security/integrity/integrity.h; ``calc_file_id_hash()`` in
+security/integrity/ima/ima_appraise.c).
 """
 
 from __future__ import annotations

@@ -284,7 +284,7 @@ class Guard:
                     value_box.append(self.store.read(ref))
                 except StoreError as e:
                     # No xattr support, or the value cannot be read: appraisal is UNKNOWN
-                    # (spec §3.8 step 1); measurement goes on without a signature.
+                    # (ima_appraise_measurement); measurement goes on without a signature.
                     store_error.append(str(e).split(": ", 1)[-1])
                     value_box.append(None)
             return value_box[0]
@@ -322,7 +322,7 @@ class Guard:
                     and bits & MAY_WRITE
                     and (value() or b"")[:1] in (b"\x03", b"\x06")
                 ):
-                    # Signed files are immutable under appraisal (spec §3.8, final decision).
+                    # Signed files are immutable under appraisal (ima_main.c process_measurement).
                     allowed = False
                     detail = "a signed file cannot be opened for write under appraisal"
         if sd.measure:
@@ -353,8 +353,9 @@ class Guard:
         """Time of measure, time of use: a file measured for reading is opened for write.
 
         The kernel emits a violation record (zero digest, PCR extended with 0xFF) once per
-        measured read open, on the next write open (spec §4.6). User space cannot see the
-        kernel's reader count, so a measured read counts until the next write open.
+        measured read open, on the next write open (``ima_rdwr_violation_check()`` in
+        ima_main.c). User space cannot see the kernel's reader count, so a measured read
+        counts until the next write open.
         """
         if hook != "FILE_CHECK" or not self._measures:
             return None
@@ -441,7 +442,7 @@ class Guard:
             )
         else:
             # A portable EVM signature covering a plain hash satisfies a signature
-            # requirement (spec §3.8 step 4).
+            # requirement (ima_appraise.c xattr_verify).
             require: Require = "signature" if sd.digsig_required and not evm_ok_immutable else "any"
             verdict = appraise_value(name, raw, safe_hasher, self.keyring, require, algos)
             if (

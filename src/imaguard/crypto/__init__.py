@@ -1,4 +1,4 @@
-"""Keys, certificates, key ids and keyrings; sign and verify over a digest (DESIGN §2).
+"""Keys, certificates, key ids and keyrings; sign and verify over a digest.
 
 Names load on first use (PEP 562): importing ``cryptography`` costs tens of milliseconds
 that commands such as ``imaguard hash`` never need.

@@ -1,6 +1,7 @@
 """Private keys, certificates and key ids.
 
-Key ids, two ways (spec kernel-ima.md §3.4, evmctl.md §3.1):
+Key ids, two ways (the kernel's security/integrity/digsig_asymmetric.c; ima-evm-utils'
+``calc_keyid_v2()`` in src/libimaevm.c):
 
 * **kernel**: the kernel finds a signing key by the 4-byte id in the signature header,
   matched against the *trailing* bytes of the certificate's Subject Key Identifier.

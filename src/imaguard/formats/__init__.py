@@ -1,4 +1,7 @@
-"""Wire formats: pure functions and frozen types, no I/O (DESIGN §2, lowest layer)."""
+"""Wire formats: pure functions and frozen types, no I/O (the lowest layer).
+
+See docs/architecture.md for the layers.
+"""
 
 from imaguard.formats.hashalgo import ALGORITHMS, HashAlgo, by_id, by_name, computable_names
 from imaguard.formats.xattr import (

@@ -1,6 +1,7 @@
 """Keylime runtime policies (format version 1), read and written.
 
-Spec keylime.md §3. Every top-level key is required by Keylime's schema; hex digests
+Keylime's ``RUNTIME_POLICY_SCHEMA`` (keylime/ima/ima.py; Keylime's documentation on
+runtime policies). Every top-level key is required by Keylime's schema; hex digests
 are lowercase, 40-128 characters. ``verification-keys`` is a JSON *string* holding one
 ImaKeyring: ``{"meta":{"version":1},"keyids":[...],"pubkeys":["<base64 DER SPKI>"]}``.
 

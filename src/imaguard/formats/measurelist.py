@@ -1,6 +1,7 @@
 """Measurement lists: ``binary_runtime_measurements`` and ``ascii_runtime_measurements``.
 
-Spec kernel-ima.md §4.4-§4.5. One file per PCR bank: the template-digest column has
+As the kernel writes them (security/integrity/ima/ima_fs.c, ``ima_measurements_show()``
+and ``ima_ascii_measurements_show()``). One file per PCR bank: the template-digest column has
 that bank's digest size. Integers are little-endian (the kernel's canonical format, and
 native on x86).
 

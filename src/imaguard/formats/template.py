@@ -1,9 +1,12 @@
 """IMA templates: descriptors, field encodings, template data and template digests.
 
-Spec kernel-ima.md §4.1-§4.3. A template is a list of field ids; an entry's *template
-data* is, for each field, a little-endian ``u32`` length and the field's bytes (the
-kernel's canonical format on x86). The template named exactly ``ima`` is special: its
-template digest is ``SHA1(d[20] || name zero-padded to 256 bytes)``.
+The kernel's security/integrity/ima/ima_template.c, ima_template_lib.c and
+``ima_calc_field_array_hash()`` in ima_crypto.c; Documentation/security/IMA-templates.rst.
+
+A template is a list of field ids; an entry's *template data* is, for each field, a
+little-endian ``u32`` length and the field's bytes (the kernel's canonical format on x86).
+The template named exactly ``ima`` is special: its template digest is
+``SHA1(d[20] || name zero-padded to 256 bytes)``.
 
 Field bytes are what the kernel stores, so digests computed here equal the kernel's:
 string fields end in NUL, spaces in names are stored as ``_``, ``d-ng`` is
@@ -113,7 +116,8 @@ class TemplateDescriptor:
                 f"at most {MAX_FIELDS} field ids from {', '.join(FIELD_IDS)})"
             )
         # A custom template is named by its format string, even when the fields equal a
-        # built-in's (spec §4.1): only the template named exactly "ima" is special.
+        # built-in's (ima_fs.c shows the format string as the name; ima_crypto.c compares
+        # the name): only the template named exactly "ima" is special.
         return cls(name_or_fmt, fields)
 
     @property

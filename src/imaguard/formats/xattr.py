@@ -1,6 +1,7 @@
 """``security.ima`` and ``security.evm`` values (``enum evm_ima_xattr_type``).
 
-Layouts, from the kernel's security/integrity/integrity.h (spec kernel-ima.md §3.1-§3.2):
+Layouts, from the kernel's security/integrity/integrity.h (``struct evm_ima_xattr_data``,
+``struct signature_v2_hdr``):
 
 ======  ===========================  ==================================================
 type    name                         bytes after the type byte

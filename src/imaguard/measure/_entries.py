@@ -1,7 +1,8 @@
-"""Building measurement entries the way the kernel fills templates (spec kernel-ima.md §4.2).
+"""Building measurement entries the way the kernel fills templates (ima_template_lib.c).
 
 * The file-digest algorithm follows the stored ``security.ima`` value (a signature's or
-  digest's algorithm) when there is one, else ``ima_hash`` (spec §3.7, checklist 9).
+  digest's algorithm) when there is one, else ``ima_hash`` (ima_appraise.c
+  ``ima_get_hash_algo()``).
 * ``sig`` holds the whole stored value when it is a signature (0x03 or 0x06), else is empty.
 * Names are the resolved absolute path, spaces stored as ``_``.
 """
@@ -73,7 +74,7 @@ def _fields(
             out.append(sha1)
         elif fid == "n":
             # A name too long for the ima template: the kernel uses the file's last
-            # path component (it has the file), spec §4.2.
+            # path component (it has the file): ima_template_lib.c ima_eventname_init_common.
             short = name if len(name) < 256 or st is None else name.rstrip(b"/").rsplit(b"/", 1)[-1]
             out.append(encode_name(short, "n"))
         elif fid == "d-ng":

@@ -3,7 +3,7 @@
 A PCR bank is one hash algorithm's set of 24 PCRs. Extending PCR *i* of bank *H* with
 *v* sets ``PCR = H(PCR || v)``; IMA extends each bank with the template digest computed
 in that bank's algorithm (kernel >= 5.8), or with 0xFF bytes for a violation
-(spec kernel-ima.md §4.6).
+(security/integrity/ima/ima_queue.c ``ima_pcr_extend()``; ima_api.c ``ima_add_violation()``).
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ class SoftwarePcrs:
 def compute_boot_aggregate(
     backend: PcrBackend | None, ima_hash: str = "sha256"
 ) -> tuple[str, bytes]:
-    """``(algorithm, digest)`` of boot_aggregate (spec §4.7).
+    """``(algorithm, digest)`` of boot_aggregate (ima_crypto.c ``ima_calc_boot_aggregate()``).
 
     With a TPM: the first bank equal to ``ima_hash``, else sha256, else sha1; the digest
     is H(PCR0..7), plus PCR8..9 for non-SHA-1 banks. Without one: zeros of ``ima_hash``.

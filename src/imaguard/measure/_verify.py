@@ -12,7 +12,7 @@ every problem, not just the first. The checks:
 * ``signature-invalid`` / ``unknown-key`` / ``signature-malformed``: an ima-sig signature
   does not verify against the keyring;
 * ``excluded`` never appears; ``not-in-policy`` / ``digest-not-allowed``: the runtime policy
-  (Keylime semantics, spec keylime.md §5) does not allow an entry;
+  (Keylime's rules, keylime/ima/ima.py) does not allow an entry;
 * ``parse``: the log is malformed (verification stops there; everything before is judged).
 
 Replay follows the kernel (>= 5.8) and evmctl: each bank is extended with the template

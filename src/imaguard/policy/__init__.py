@@ -1,6 +1,6 @@
 """The policy engine: the kernel's IMA policy language and semantics, and policy sets.
 
-See DESIGN §3 for the multi-policy semantics.
+See docs/architecture.md ("Many policies side by side") for the multi-policy semantics.
 """
 
 from imaguard.policy._ast import Action, IdCondition, Rule

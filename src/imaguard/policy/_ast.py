@@ -2,7 +2,8 @@
 
 A :class:`Rule` is one line of an IMA policy. It is immutable and compares by content
 (its source position is carried along but not compared). ``Rule.canonical()`` prints
-it in the kernel's read-back format (spec kernel-ima.md §1.8): fields in a fixed
+it in the kernel's read-back format (``ima_policy_show()`` in
+security/integrity/ima/ima_policy.c): fields in a fixed
 order, each followed by one space. Two deliberate differences keep every printed line
 re-parseable: ``digest_type=verity`` comes before ``appraise_type=sigv3`` (the kernel
 prints them the other way round, which its parser rejects), and ids are printed

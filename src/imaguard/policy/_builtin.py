@@ -1,4 +1,5 @@
-"""The kernel's built-in policies, rule by rule (spec kernel-ima.md §1.7).
+"""The kernel's built-in policies, rule by rule (the ``*_rules[]`` tables in
+security/integrity/ima/ima_policy.c; ``ima_policy=`` in kernel-parameters.txt).
 
 Select them as the kernel's ``ima_policy=`` does: names separated by ``|``, ``,``, spaces
 or newlines, from ``tcb``, ``ima_tcb``, ``appraise_tcb`` (alias ``ima_appraise_tcb``),

@@ -1,4 +1,7 @@
-"""Evaluation: which actions a policy demands for one request (spec kernel-ima.md §2).
+"""Evaluation: which actions a policy demands for one request.
+
+The kernel's ``ima_match_policy()`` and ``ima_match_rules()`` in
+security/integrity/ima/ima_policy.c; see also docs/architecture.md.
 
 Everything the kernel reads from the task and the inode is an explicit input here
 (:class:`Subject`, :class:`Object`), so evaluation is pure. An attribute that is not
@@ -109,7 +112,7 @@ def _id_matches(
     cond: IdCondition, real: int | None, effective: int | None, saved: int | None, cap: bool
 ) -> bool:
     """uid=/gid= test the real id; euid=/egid= the effective one, or with CAP_SETUID/SETGID
-    any of effective, saved and real (spec §1.3). An unknown id never matches."""
+    any of effective, saved and real (ima_match_rules). An unknown id never matches."""
     if not cond.effective:
         return real is not None and cond.holds(real)
     if cap:

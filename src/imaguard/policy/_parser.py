@@ -1,7 +1,8 @@
 """The IMA policy parser: the kernel's grammar and validation, plus marked imaguard extensions.
 
 **Kernel mode** (the default) accepts exactly what the baseline kernel accepts
-(spec kernel-ima.md §1, ``ima_parse_rule`` and ``ima_validate_rule``) and rejects the
+(``ima_parse_rule`` and ``ima_validate_rule`` in security/integrity/ima/ima_policy.c;
+Documentation/ABI/testing/ima_policy) and rejects the
 rest, assuming a kernel built with the usual options (asymmetric-key measurement,
 modsig, LSM rules). **imaguard mode** adds, and only there:
 
@@ -524,7 +525,7 @@ def parse_rule(text: str, *, mode: Mode = "kernel", line: int = 0) -> Rule:
     """Parse one rule; PolicyError (with the column) when the kernel would refuse it."""
     builder = _RuleBuilder(mode)
     if text.endswith("\n"):
-        text = text[:-1]  # the kernel parses one write up to its newline (spec §1.1)
+        text = text[:-1]  # one write is parsed up to its newline (ima_fs.c ima_write_policy)
     try:
         stripped = text.lstrip(" \t")
         offset = len(text) - len(stripped)

@@ -1,4 +1,4 @@
-"""Many named policies side by side (DESIGN §3).
+"""Many named policies side by side (docs/architecture.md).
 
 * Each policy is evaluated **on its own** with the kernel's rule (first match per action
   kind); one owner's ``dont_appraise`` never cancels another owner's ``appraise``.
