@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# Keylime's verifier runs as an independent oracle, in a venv of its own (spec keylime.md §1).
+# Keylime's verifier runs as an independent oracle, in a venv of its own (keylime on PyPI).
 KEYLIME_VENV := .venv-keylime
 KEYLIME_STAMP := $(KEYLIME_VENV)/.installed
 KEYLIME_PKGS := keylime==7.14.3 jsonschema cryptography lark pyyaml packaging

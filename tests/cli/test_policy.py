@@ -260,7 +260,7 @@ def test_eval_json_object(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert obj["appraise_type"] == "imasig"
     assert obj["appraise_algos"] == ["sha256", "sha512"]
     assert obj["digest_type"] is None
-    assert obj["permit_directio"] is True  # within one policy the flags are OR'd (§2.3)
+    assert obj["permit_directio"] is True  # within one policy the flags are OR'd (ima_match_policy)
     assert obj["provenance"] == [
         {
             "action": "measure",

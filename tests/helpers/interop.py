@@ -1,10 +1,10 @@
 """Fixtures for the interop tests: evmctl, openssl and the imaguard command, run for real.
 
-The outside tools are independent oracles (spec evmctl.md §1, §7). Nothing here is
+The outside tools are independent oracles (evmctl from ima-evm-utils). Nothing here is
 mocked: a missing tool fails every test loudly with the command that installs it
 (``make test`` does), it never skips.
 
-Verdict rules (spec evmctl.md §3, §8): evmctl exits 0 (ok), 1 (verification failed) or
+Verdict rules (evmctl 1.4, observed): evmctl exits 0 (ok), 1 (verification failed) or
 125 (error), but a missing or unreadable certificate also ends in exit 1 ("unknown
 keyid"), so a verdict reads the exit code *and* stderr.
 """

@@ -1,4 +1,4 @@
-"""Run Keylime's own verifier on an ASCII log, offline (spec keylime.md §2).
+"""Run Keylime's own verifier on an ASCII log, offline (keylime/ima/ima.py).
 
 Usage (with the Keylime venv's python): keylime_runner.py LOG POLICY [--pcr BANK=HEX ...]
 Prints one JSON object: {"banks": {bank: {"running": hex, "events": [event ids]}}}.

@@ -139,7 +139,7 @@ def content_for(label: str, size: int) -> bytes:
 
 
 def pcr_file(path: Path, bank: str, values: Mapping[int, str]) -> Path:
-    """An evmctl ``--pcrs`` file: ``PCR-00: <hex>`` ... ``PCR-23: <hex>``, in order (§6.1).
+    """An evmctl ``--pcrs`` file: ``PCR-00: <hex>`` ... ``PCR-23: <hex>``, in order (evmctl.c).
 
     PCRs not given hold their power-on value (zeros).
     """
@@ -177,7 +177,7 @@ def evmctl_measurement(log: Path, *args: str, env: Mapping[str, str] | None = No
 
 
 def evmctl_accepts(r: Run) -> bool:
-    """The verdict rule of spec evmctl.md §6.4: exit code AND stderr."""
+    """The verdict rule (evmctl 1.4 and 1.6.2, observed): exit code AND stderr."""
     return (
         r.returncode == 0
         and EVMCTL_MATCHED in r.stderr
@@ -262,7 +262,7 @@ class Swtpm:
 
     @property
     def tss_env(self) -> dict[str, str]:
-        """The IBM TSS (tsspcrread, hence evmctl) talk to it through these (§5.1)."""
+        """The IBM TSS (tsspcrread, hence evmctl) talk to it through these (socsim)."""
         return {
             "TPM_INTERFACE_TYPE": "socsim",
             "TPM_SERVER_TYPE": "raw",
@@ -340,7 +340,7 @@ class Swtpm:
                 time.sleep(0.02)
         _reap(pid)
 
-    # -- raw TPM2 over the sockets (spec evmctl.md §5.4) ------------------------------
+    # -- raw TPM2 over the sockets (TCG TPM 2.0 Library, Part 3) ----------------------
 
     def _command(self, cmd: bytes) -> tuple[int, bytes]:
         with socket.create_connection(("127.0.0.1", self.port), timeout=10) as s:

@@ -1,10 +1,10 @@
 """Local helpers for the policy-engine tests: request builders, a double-checked evaluator,
-and Hypothesis strategies over the kernel's policy grammar (spec kernel-ima.md §1).
+and Hypothesis strategies over the kernel's policy grammar (ima_policy.c ima_parse_rule).
 
 The strategies build a rule two ways at once: the :class:`Rule` value the parser must
 produce, and a policy line that spells it (tokens in a random order, with the spelling
 variants the kernel accepts). Only *valid* rules are generated: every combination obeys
-§1.5 (option order) and §1.6 (which flags each ``func`` allows).
+the option order of ``ima_parse_rule`` and the limits of ``ima_validate_rule`` (ima_policy.c).
 """
 
 from __future__ import annotations
@@ -319,7 +319,7 @@ def rule_and_line(
         tokens += ["permit_directio"] * draw(st.integers(1, 2))
         fields["permit_directio"] = True
     if draw(st.integers(0, 9)) == 0:
-        tokens.append("appraise_flag=check_blacklist")  # accepted and ignored (§1.5)
+        tokens.append("appraise_flag=check_blacklist")  # accepted and ignored (ima_parse_rule)
     if mode == "imaguard" and filelike:
         if maybe("path"):
             p = draw(domain.paths)
@@ -332,7 +332,7 @@ def rule_and_line(
     every = [*tokens, template_token, verity_token, type_token]
     order = draw(st.permutations(range(len(every))))
     placed = [every[i] for i in order if every[i] is not None]
-    # Order constraints of §1.5: template= after the action; digest_type before appraise_type.
+    # ima_parse_rule's order: template= after the action; digest_type before appraise_type.
     if template_token is not None and placed.index(template_token) < placed.index(action.value):
         placed.remove(template_token)
         placed.insert(placed.index(action.value) + 1, template_token)
@@ -341,7 +341,7 @@ def rule_and_line(
         placed.insert(placed.index(type_token), verity_token)
     fsnames = [tok.removeprefix("fsname=") for tok in placed if tok.startswith("fsname=")]
     if fsnames:
-        fields["fsname"] = fsnames[-1]  # §1.3: no duplicate check, the later one wins
+        fields["fsname"] = fsnames[-1]  # ima_parse_rule: no duplicate check, the later wins
     sep = draw(st.sampled_from((" ", "\t", "  ", " \t")))
     lead = draw(st.sampled_from(("", " ", "\t", " \t ")))
     tail = draw(st.sampled_from(("", " ", "\t", " # trailing comment", "\t#x")))

@@ -1,7 +1,7 @@
 """Digest values (0x01 and 0x04) across imaguard and ``evmctl ima_hash``.
 
 evmctl cannot verify a digest value (``ima_verify`` says "xattr ima has no signature",
-spec evmctl.md §4), so the oracle is the value ``evmctl ima_hash -n`` prints, compared
+evmctl 1.4, observed), so the oracle is the value ``evmctl ima_hash -n`` prints, compared
 byte for byte, and values evmctl writes are appraised by imaguard.
 """
 
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.interop
 
-# Layout per algorithm (spec evmctl.md §4): sha1 (and md5) use 0x01 with no algorithm byte;
+# Layout per algorithm (integrity.h): sha1 (and md5) use 0x01 with no algorithm byte;
 # every other algorithm 0x04 + kernel hash_algo id.
 PREFIX = {
     "sha1": "01",
@@ -153,7 +153,7 @@ def test_evmctl_user_xattr_digest_appraised_by_imaguard(
 def test_evmctl_cannot_verify_a_digest_value(
     tools: Tools, sample: Path, interop_keys: dict[str, KeyFiles]
 ) -> None:
-    """The documented limit of the oracle (spec §4): ima_verify refuses digest values, so the
+    """The documented limit of the oracle (evmctl 1.4): ima_verify refuses digest values, so the
     digest tests above compare bytes instead of asking evmctl for a verdict."""
     imaguard.store_digest(sample, "sha256", store="sigfile")
     r = tools.evmctl_verify(sample, interop_keys["rsa2048"].cert_der, sigfile=True)

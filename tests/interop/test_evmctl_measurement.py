@@ -1,12 +1,12 @@
 """evmctl ``ima_measurement`` as an independent judge of imaguard's binary logs.
 
-Spec evmctl.md §6: evmctl replays a ``binary_runtime_measurements`` file against PCR
-values (``--pcrs`` files, or a TPM read through tsspcrread). The verdict rule (§6.4):
+evmctl (ima-evm-utils src/evmctl.c) replays a ``binary_runtime_measurements`` file against PCR
+values (``--pcrs`` files, or a TPM read through tsspcrread). The verdict rule (observed):
 accept <=> exit 0 AND "Matched per TPM bank calculated digest(s)." on stderr AND none of
 "verification failed", "unknown keyid", "Failed to verify template data digest".
 
 The tampering cases are judged by both verifiers; where evmctl cannot tell (an
-appended record, §6.4) imaguard must still say so (finding ``beyond-pcr``).
+appended record) imaguard must still say so (finding ``beyond-pcr``).
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ def test_evmctl_accepts_ima_ng(tmp_path: Path, tree: list[Path], algo: str) -> N
 )
 def test_evmctl_accepts_every_template(tmp_path: Path, tree: list[Path], template: str) -> None:
     """evmctl hashes the template data of any template (the legacy ``ima`` one with its
-    256-byte name) and replays it: every template imaguard writes must match (§6.1)."""
+    256-byte name) and replays it: every template imaguard writes must match."""
     log, pcrs = build_log(
         tmp_path / "s", tree, tmp_path / "log.bin", "--template", template, "--store", "sigfile"
     )
@@ -248,7 +248,7 @@ CASES: dict[str, tuple[Callable[[bytes, bytes], bytes], bool, set[str]]] = {
     "dropped last entry": (lambda d, x: drop(d, 4), False, {"pcr-mismatch"}),
     "reordered entries": (lambda d, x: reorder(d, 1, 3), False, {"pcr-mismatch"}),
     "reordered last two": (lambda d, x: reorder(d, 3, 4), False, {"pcr-mismatch"}),
-    # evmctl stops at the first matching record: it cannot see an appended one (§6.4).
+    # evmctl stops at the first matching record: it cannot see an appended one.
     "appended record": (lambda d, x: d + x, True, {"beyond-pcr"}),
 }
 
@@ -345,7 +345,7 @@ def test_violation_replays_with_ff_as_evmctl_ignore_violations(
 def test_bad_signature_and_unknown_key(
     tmp_path: Path, tree: list[Path], keys_dir: dict[str, Path]
 ) -> None:
-    """evmctl exits 0 for both (§6.4): only stderr tells. imaguard exits 1 with the finding."""
+    """evmctl exits 0 for both: only stderr tells. imaguard exits 1 with the finding."""
     rsa, ec = keys_dir["rsa2048"], keys_dir["ecdsa-p256"]
     imaguard_ok("sign", "--key", rsa / "private.pem", "--store", "sigfile", tree[0], tree[1])
     sig = tree[1].with_name(tree[1].name + ".sig")

@@ -2,7 +2,7 @@
 
 The matrix is {RSA-2048, ECDSA P-256} x {sha1, sha256, sha384, sha512} (fixtures
 ``key_type`` and ``algo`` in conftest.py), for the three places a value can live:
-a ``FILE.sig`` sidecar, ``security.ima`` and ``user.ima`` (spec evmctl.md §3, §4).
+a ``FILE.sig`` sidecar, ``security.ima`` and ``user.ima`` (evmctl's README).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.interop
 
-# kernel enum hash_algo ids (spec evmctl.md §4)
+# kernel enum hash_algo ids (include/uapi/linux/hash_info.h)
 HASH_ALGO_IDS = {"sha1": 2, "sha256": 4, "sha384": 5, "sha512": 6}
 
 
@@ -108,7 +108,7 @@ def test_evmctl_sigfile_verified_by_imaguard(
 def test_evmctl_sigfile_also_in_security_ima_read_by_imaguard(
     tools: Tools, root_only: None, signer: KeyFiles, algo: str, sample: Path
 ) -> None:
-    """evmctl 1.4 ``--sigfile`` writes security.ima as well (spec §3); imaguard reads both."""
+    """evmctl 1.4 ``--sigfile`` writes security.ima as well (observed); imaguard reads both."""
     printed = tools.evmctl_sign(sample, signer.private_pem, algo, sigfile=True)
     assert tools.getfattr(sample, "security.ima") == printed
     ring = signer.ring

@@ -1,6 +1,6 @@
 """Keylime 7.14.3's own verifier judging imaguard's ASCII logs and runtime policies.
 
-Keylime runs offline in its own venv (spec keylime.md §1-§2) through
+Keylime runs offline in its own venv (``make test`` installs it) through
 tests/measure/keylime_runner.py: ``process_measurement_list`` per bank (sha1, sha256),
 with the policy imaguard generated and, where given, the PCR 10 value imaguard computed.
 
@@ -139,7 +139,7 @@ def test_keylime_accepts_ima_ng_with_a_generated_policy(keylime: Keylime, case: 
 def test_keylime_accepts_the_other_templates_it_knows(
     keylime: Keylime, case: Case, template: str
 ) -> None:
-    """Keylime parses ima, ima-ng, ima-sig and ima-buf (keylime.md §4); for ``ima`` it
+    """Keylime parses ima, ima-ng, ima-sig and ima-buf (keylime/ima/ast.py); for ``ima`` it
     hashes d and the name padded to 256 bytes, independently of imaguard."""
     files = [case.file("sbin/init"), case.file("sbin/with space")]
     case.measure(*files, template=template)
@@ -225,8 +225,8 @@ def test_policy_from_tree_with_boot_aggregate(keylime: Keylime, case: Case) -> N
 
 
 def test_policy_from_tree_covers_names_with_spaces(keylime: Keylime, case: Case) -> None:
-    """The kernel logs "/dir/a b" as "/dir/a_b" (§4.2), and Keylime matches the logged
-    name (keylime.md §4). A policy generated from a tree must allow what measuring that
+    """The kernel logs "/dir/a b" as "/dir/a_b" (ima_template_lib.c), and Keylime matches the logged
+    name (keylime/ima/ast.py). A policy generated from a tree must allow what measuring that
     tree logs, so its paths need the same encoding."""
     files = [case.file("plain"), case.file("with space")]
     case.measure(*files)
@@ -379,7 +379,7 @@ def test_agree_on_a_dropped_entry(
 def test_agree_on_a_log_ahead_of_the_quote_with_prefix_ok(
     keylime: Keylime, base_case: tuple[Case, list[Path], Path]
 ) -> None:
-    """Keylime accepts a PCR that matches a prefix of the log (keylime.md §7); imaguard
+    """Keylime accepts a PCR that matches a prefix of the log (keylime/ima/ima.py); imaguard
     does too with --prefix-ok, and says beyond-pcr without it."""
     case, files, policy = base_case
     quoted = case.pcrs()

@@ -2,8 +2,8 @@
 
 The bytes after the 9-byte v2 header are a plain signature of the file's content
 (RSA PKCS#1 v1.5 or ECDSA DER), so ``openssl dgst -<algo> -verify`` checks them directly
-(spec evmctl.md §1, §7). Certificates made by ``openssl req`` must work in both
-directions with evmctl, and their key ids must agree (§3.1).
+(the kernel's digsig_asymmetric.c). Certificates made by ``openssl req`` must work in both
+directions with evmctl, and their key ids must agree (docs/decisions.md).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def _assert_openssl_fails(run: Run) -> None:
 
 
 def _v2_value(algo: str, key_id: int, signature: bytes) -> bytes:
-    """A v2 signature value built by hand from the layout (spec evmctl.md §4)."""
+    """A v2 signature value built by hand from the layout (integrity.h)."""
     return (
         bytes([0x03, 0x02, HASH_ALGO_IDS[algo]])
         + key_id.to_bytes(4, "big")
@@ -275,7 +275,7 @@ def test_key_and_cert_file_signs_like_evmctl(tools: Tools, ossl: OpensslKey, sam
     tools.assert_evmctl_accepts(sample, ossl.cert_der, sigfile=True)
 
 
-# -- a certificate whose SKID is not SHA-1 of the key (spec evmctl.md §3.1) ---------------
+# -- a certificate whose SKID is not SHA-1 of the key (RFC 5280 4.2.1.2) -----------------
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,7 @@
 
 One swtpm per session (conftest.py), reset to power-on PCRs for each test through the
 ``tpm`` fixture. tpm2-tools (``tpm2_pcrread``, ``tpm2_pcrextend``) and evmctl (through
-the IBM TSS ``tsspcrread``) are the independent views of the TPM (spec evmctl.md §5).
+the IBM TSS ``tsspcrread``) are the independent views of the TPM (swtpm(8), tpm2-tools).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def as_hex(pcrs: dict[str, dict[int, bytes]]) -> dict[str, dict[int, str]]:
 
 
 def own_boot_aggregate(tpm: Swtpm, bank: str) -> str:
-    """boot_aggregate from tpm2_pcrread output: H(PCR0..7), plus 8..9 unless sha1 (§4.7)."""
+    """boot_aggregate from tpm2_pcrread output: H(PCR0..7), plus 8..9 unless sha1 (ima_crypto.c)."""
     count = 8 if bank == "sha1" else 10
     values = tpm.pcrread(f"{bank}:" + ",".join(str(i) for i in range(count)))[bank]
     h = hashlib.new(bank)
@@ -52,7 +52,7 @@ def own_boot_aggregate(tpm: Swtpm, bank: str) -> str:
 
 
 def evmctl_boot_aggregate(tpm: Swtpm) -> dict[str, str]:
-    """``evmctl ima_boot_aggregate`` reading the swtpm through tsspcrread (§5.1)."""
+    """``evmctl ima_boot_aggregate`` reading the swtpm through tsspcrread."""
     r = run("evmctl", "ima_boot_aggregate", env=tpm.tss_env)
     assert r.returncode == 0, r.explain()
     out = {}
@@ -120,7 +120,7 @@ def test_boot_aggregate_reads_pcrs_0_to_9_from_the_tpm(
 ) -> None:
     """PCRs 0-9 made non-zero first (by tpm2_pcrextend): the aggregate must change and
     equal both evmctl's and a computation from tpm2_pcrread. PCR 8 and 9 count for sha256
-    but not for sha1 (§4.7)."""
+    but not for sha1 (ima_crypto.c ima_calc_boot_aggregate)."""
     for pcr in (0, 4, 7, 8, 9):
         tpm.pcrextend(pcr, {"sha1": f"{pcr:02x}" * 20, "sha256": f"{pcr:02x}" * 32})
     state = tmp_path / "state"

@@ -284,7 +284,7 @@ class Guard:
                     value_box.append(self.store.read(ref))
                 except StoreError as e:
                     # No xattr support, or the value cannot be read: appraisal is UNKNOWN
-                    # (ima_appraise_measurement); measurement goes on without a signature.
+                    # (spec §3.8 step 1); measurement goes on without a signature.
                     store_error.append(str(e).split(": ", 1)[-1])
                     value_box.append(None)
             return value_box[0]
@@ -353,9 +353,8 @@ class Guard:
         """Time of measure, time of use: a file measured for reading is opened for write.
 
         The kernel emits a violation record (zero digest, PCR extended with 0xFF) once per
-        measured read open, on the next write open (``ima_rdwr_violation_check()`` in
-        ima_main.c). User space cannot see the kernel's reader count, so a measured read
-        counts until the next write open.
+        measured read open, on the next write open (ima_main.c). User space cannot see the
+        kernel's reader count, so a measured read counts until the next write open.
         """
         if hook != "FILE_CHECK" or not self._measures:
             return None

@@ -1,6 +1,6 @@
 """The direct calls: sign_file, store_digest, appraise, verify_file, signature_info.
 
-Verdicts and cause strings follow shared/spec/kernel-ima.md §3.8 and §3.11.
+Verdicts and cause strings follow ima_appraise.c ima_appraise_measurement and xattr_verify.
 """
 
 from __future__ import annotations
@@ -426,7 +426,7 @@ def test_malformed_digest_value_is_invalid_hash(
 def test_malformed_digest_value_under_signature_requirement(
     target: Path, rsa_ring: imaguard.Keyring, value: bytes
 ) -> None:
-    # §3.8 step 4, 0x04 or 0x01: with a signature required the kernel fails with
+    # xattr_verify, 0x04 or 0x01: with a signature required the kernel fails with
     # IMA-signature-required *before* it looks at the digest at all.
     v = imaguard.appraise(target, rsa_ring, value=value)
     assert v.status is Status.FAIL
@@ -434,8 +434,8 @@ def test_malformed_digest_value_under_signature_requirement(
 
 
 def test_digest_value_with_trailing_bytes_passes(target: Path, rsa_ring: imaguard.Keyring) -> None:
-    # §3.8 step 4: "the first digest_len bytes must equal the computed digest. Extra
-    # trailing bytes are allowed".
+    # xattr_verify: the first digest_len bytes must equal the computed digest; extra
+    # trailing bytes are allowed.
     value = b"\x04\x04" + hashlib.sha256(CONTENT).digest() + b"\0\0\0\0"
     v = imaguard.appraise(target, rsa_ring, value=value, require="any")
     assert v.status is Status.PASS, v.detail
@@ -452,8 +452,8 @@ def test_md5_padded_digest_value_passes(target: Path, rsa_ring: imaguard.Keyring
 def test_signature_version_below_three_is_not_a_version_error(
     target: Path, rsa_key: imaguard.PrivateKey, rsa_ring: imaguard.Keyring, version: int
 ) -> None:
-    # §3.8: "version >= 3: invalid-signature-version"; lower versions go to a verifier
-    # (§3.2: 1 to the legacy one) whose failure is invalid-signature, or UNKNOWN for
+    # xattr_verify: version >= 3 is invalid-signature-version; lower versions go to a verifier
+    # (digsig.c: 1 to the legacy one) whose failure is invalid-signature, or UNKNOWN for
     # EOPNOTSUPP.
     raw = _good_value(rsa_key)
     raw = raw[:1] + bytes([version]) + raw[2:]
@@ -466,7 +466,7 @@ def test_signature_version_below_three_is_not_a_version_error(
 def test_verity_signature_when_a_signature_is_required(
     target: Path, rsa_key: imaguard.PrivateKey, rsa_ring: imaguard.Keyring
 ) -> None:
-    # §3.8 step 4, 0x06: "DIGSIG_REQUIRED without VERITY_REQUIRED: IMA-signature-required".
+    # xattr_verify, 0x06: DIGSIG_REQUIRED without VERITY_REQUIRED is IMA-signature-required.
     sig = imaguard.sign_bytes(CONTENT, rsa_key, "sha256")
     raw = SignatureValue(
         XattrType.IMA_VERITY_DIGSIG, sig.algorithm, sig.key_id, sig.signature

@@ -1,4 +1,4 @@
-"""EVM: security.evm HMACs and signatures (spec kernel-ima.md §6), checked independently and
+"""EVM: security.evm HMACs and signatures (evm/evm_crypto.c), checked independently and
 against evmctl (ima-evm-utils 1.4) as an oracle."""
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ pytestmark = needs_root
 
 KEY = b"0123456789abcdef0123456789abcdef"  # a 32-byte EVM HMAC key
 UUID = uuidlib.UUID("0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0")
-# The kernel's protected xattrs, in hashing order (spec §6.2), written out here on purpose.
+# The kernel's protected xattrs, in hashing order (evm_main.c), written out here on purpose.
 ORDER = (
     "security.selinux",
     "security.SMACK64",
@@ -56,7 +56,7 @@ def _generation(path: Path) -> int:
 
 
 def expected_data(path: Path, *, portable: bool, fs_uuid: bytes | None) -> bytes:
-    """What security.evm covers, computed without imaguard (spec §6.3)."""
+    """What security.evm covers, computed without imaguard (evm_calc_hmac_or_hash)."""
     st = os.stat(path)
     parts = [v for v in (xattr(path, n) for n in ORDER) if v is not None]
     ino, gen = (0, 0) if portable else (st.st_ino, _generation(path))
@@ -100,7 +100,7 @@ def test_hmac_matches_an_independent_computation(signed: Path, with_caps: bool) 
     padded = KEY.ljust(128, b"\0")
     mac = hmac.new(padded, data, hashlib.sha1).digest()
     assert value == b"\x02" + mac
-    # Spec §6.1: 128 bytes exceed SHA-1's block, so the effective key is SHA1(pad128(key)).
+    # evm_crypto.c: 128 bytes exceed SHA-1's block, so the effective key is SHA1(pad128(key)).
     effective = hashlib.sha1(padded).digest()  # noqa: S324 - EVM's HMAC is HMAC-SHA1
     assert mac == hmac.new(effective, data, hashlib.sha1).digest()
     # ... which differs from keying HMAC with the bare 32-byte key (padded to 64 by HMAC).

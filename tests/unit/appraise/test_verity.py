@@ -3,7 +3,7 @@
 * ``fsverity digest`` (fsverity-utils, installed by ``make test``) is the oracle for the
   digest of every size class: empty, one block, a full tree level, several levels.
 * ``openssl dgst -verify`` checks that a sigv3 signature signs H(0x06 || algo || digest),
-  the ``ima_file_id`` of spec kernel-ima.md §3.5.
+  the ``struct ima_file_id`` of security/integrity/integrity.h.
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ def test_appraise_sigv3(
     v = imaguard.appraise(target, rsa_ring, require="verity", store="sigfile")
     assert v.passed
     assert v.value_type == 0x06
-    # An IMA signature is required: a sigv3 value does not do (spec §3.8 step 4).
+    # An IMA signature is required: a sigv3 value does not do (ima_appraise.c xattr_verify).
     v = imaguard.appraise(target, rsa_ring, require="signature", store="sigfile")
     assert v.cause == "IMA-signature-required"
     # Tampered content: the fs-verity digest changes.

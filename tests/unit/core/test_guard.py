@@ -605,13 +605,13 @@ def test_unreadable_regular_file_gives_cause_unknown(
     assert stat.S_IMODE(os.stat(prog).st_mode) == 0
 
 
-# -- the kernel's final-decision rules (spec kernel-ima.md §3.8) -----------------------------
+# -- the kernel's final-decision rules (ima_main.c process_measurement) ----------------------
 
 
 def test_signed_file_opened_for_write_is_denied_in_enforce(
     tmp_path: Path, signed: Path, rsa_dir: Path
 ) -> None:
-    # §3.8 "Final decision": a file that has a signature (DIGSIG) and is not new, opened
+    # process_measurement: a file that has a signature (DIGSIG) and is not new, opened
     # with MAY_WRITE: EACCES - signed files are immutable under appraisal.
     text = "appraise func=FILE_CHECK mask=^MAY_READ appraise_type=imasig\n"
     with guard_for(tmp_path, text, rsa_dir) as guard:
@@ -672,7 +672,7 @@ def test_evm_required_hmac_passes_until_metadata_changes(
 def test_portable_evm_signature_over_a_plain_hash_satisfies_imasig(
     make_file: Callable[..., Path], rsa_key: imaguard.PrivateKey, rsa_ring: imaguard.Keyring
 ) -> None:
-    # spec §3.8 step 4: unless EVM said PASS_IMMUTABLE, a hash under DIGSIG_REQUIRED fails.
+    # xattr_verify: unless EVM said PASS_IMMUTABLE, a hash under DIGSIG_REQUIRED fails.
     prog = make_file()
     imaguard.store_digest(prog, "sha256")
     with Guard(pset(("exec", EXEC_SIG)), rsa_ring, evm=EvmConfig(keyring=rsa_ring)) as guard:
@@ -763,7 +763,7 @@ def test_measurement_goes_to_each_pcr_once(
 def test_filesystem_without_xattr_support_is_status_unknown(
     tmp_path: Path, ramfs: Path, rsa_dir: Path, rsa_ring: imaguard.Keyring
 ) -> None:
-    # spec §3.8 step 1: no xattr support (and no modsig) -> INTEGRITY_UNKNOWN, before any
+    # ima_appraise_measurement: no xattr support (and no modsig) -> INTEGRITY_UNKNOWN, before any
     # look for a value. The direct call says so; the Guard - the same engine - must agree
     # rather than report a missing label (missing-hash / IMA-signature-required).
     prog = ramfs / "prog"

@@ -1,4 +1,4 @@
-"""ToMToU violations and fail_securely in the Guard (spec kernel-ima.md §4.6, §3.8 step 6)."""
+"""ToMToU violations and fail_securely in the Guard (ima_main.c, ima_appraise.c)."""
 
 from __future__ import annotations
 

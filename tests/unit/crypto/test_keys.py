@@ -84,7 +84,7 @@ def _spki_bit_string(spki: bytes) -> bytes:
 
 
 def _openssl_public_key_id(cert_pem: Path) -> int:
-    """evmctl's key id, computed with the openssl command only (evmctl.md §3.1, way 3)."""
+    """evmctl's key id, computed with the openssl command only (libimaevm.c calc_keyid_v2)."""
     pub = _run_openssl("x509", "-in", str(cert_pem), "-noout", "-pubkey")
     if b"BEGIN PUBLIC KEY" in pub and _is_rsa_cert(cert_pem):
         raw = _run_openssl("rsa", "-pubin", "-RSAPublicKey_out", "-outform", "DER", data=pub)

@@ -1,4 +1,4 @@
-"""The kernel's hash-algorithm table (spec kernel-ima.md §3.3) and its lookups."""
+"""The kernel's hash-algorithm table (include/uapi/linux/hash_info.h) and its lookups."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import imaguard
 from imaguard.formats import hashalgo
 from imaguard.formats.hashalgo import ALGORITHMS, HashAlgo, by_id, by_name, computable_names
 
-# Spec kernel-ima.md §3.3, copied by hand: id -> (kernel name, digest size).
+# hash_info.h and crypto/hash_info.c, copied by hand: id -> (kernel name, digest size).
 SPEC_TABLE: dict[int, tuple[str, int]] = {
     0: ("md4", 16),
     1: ("md5", 16),

@@ -1,4 +1,4 @@
-"""Keylime runtime policies (format version 1): read, write, refuse (spec keylime.md §3).
+"""Keylime runtime policies (format version 1): read, write, refuse (keylime/ima/ima.py).
 
 Keylime's own schema check of what imaguard writes runs in test_keylime_interop.py.
 """
@@ -24,7 +24,7 @@ H512 = "f" * 128
 
 
 def minimal() -> dict[str, Any]:
-    """The spec's minimal accepting policy (keylime.md §3)."""
+    """A minimal policy Keylime's RUNTIME_POLICY_SCHEMA accepts."""
     return {
         "meta": {"version": 1, "generator": 0},
         "release": 0,
@@ -188,7 +188,7 @@ def test_digest_tables_must_map_to_lists(table: str) -> None:
 
 @pytest.mark.parametrize("regex", ["/var/log/(", "[unclosed", "*start", "(?P<x>a)(?P<x>b)"])
 def test_bad_regex_is_refused_with_a_message_naming_it(regex: str) -> None:
-    """Keylime would silently drop the whole exclude list (keylime.md §7); imaguard refuses."""
+    """Keylime would silently drop the whole exclude list (keylime/ima/ima.py); imaguard refuses."""
     doc = minimal()
     doc["excludes"] = ["/ok/", regex]
     with pytest.raises(imaguard.FormatError) as exc:

@@ -1,6 +1,6 @@
 """Binary and ASCII measurement lists: round trips, truncation, bad lengths, fuzzing.
 
-Spec kernel-ima.md §4.4 (binary layout) and §4.5 (ASCII layout). Every malformed,
+ima_fs.c ima_measurements_show (binary) and ima_ascii_measurements_show (ASCII). Every malformed,
 truncated or oversized input must raise :class:`imaguard.FormatError`, never
 IndexError / struct.error / UnicodeDecodeError / ValueError.
 """

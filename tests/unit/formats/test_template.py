@@ -1,8 +1,8 @@
-"""Templates and field encodings, checked against values built by hand from the spec.
+"""Templates and field encodings, checked against values built by hand.
 
-Spec kernel-ima.md §4.1 (descriptors), §4.2 (field bytes), §4.3 (template digest),
-§4.4 (binary record), §4.5 (ASCII line), §4.6 (violations). Every expected value here
-is assembled with ``struct``/``hashlib`` from the spec's description, never by calling
+The kernel's ima_template.c (descriptors), ima_template_lib.c (field bytes), ima_crypto.c
+(template digest), ima_fs.c (binary record, ASCII line), ima_api.c (violations). Every expected
+value here is assembled with ``struct``/``hashlib`` from the kernel's layouts, never by calling
 the code under test.
 """
 
@@ -48,12 +48,12 @@ def sha1(data: bytes) -> bytes:
 
 
 def td_of(*fields: bytes) -> bytes:
-    """Template data of a normal template: u32 len || bytes, per field (§4.3)."""
+    """Template data of a normal template: u32 len || bytes, per field (ima_crypto.c)."""
     return b"".join(u32(len(f)) + f for f in fields)
 
 
 def record(pcr: int, digest: bytes, name: bytes, td: bytes) -> bytes:
-    """A binary record of a normal template (§4.4)."""
+    """A binary record of a normal template (ima_measurements_show)."""
     return u32(pcr) + digest + u32(len(name)) + name + u32(len(td)) + td
 
 
@@ -62,7 +62,7 @@ D1 = sha1(b"file content")
 SIG = bytes.fromhex("030204aabbccdd0004") + b"\x11\x22\x33\x44"
 
 
-# -- descriptors (§4.1) -----------------------------------------------------------------
+# -- descriptors (ima_template.c) ---------------------------------------------------------
 
 SPEC_TEMPLATES = {
     "ima": "d|n",
@@ -107,8 +107,8 @@ def test_unknown_templates_are_refused(bad: str) -> None:
 @pytest.mark.parametrize("fmt", ["d|n", "d-ng|n-ng", "d-ng|n-ng|sig"])
 def test_custom_format_equal_to_a_builtin_keeps_the_format_as_name(fmt: str) -> None:
     """A custom template (ima_template_fmt=) is named "" and *displayed* by its format
-    string (§4.1); only the template named exactly ``ima`` is hashed without lengths
-    and written without a data length (§4.3, §4.4). So a record named "d|n" is a normal
+    string (ima_fs.c); only the template named exactly ``ima`` is hashed without lengths
+    and written without a data length (ima_crypto.c, ima_fs.c). So a record named "d|n" is a normal
     template: length-prefixed fields, a data length, SHA1 over u32 len || data."""
     desc = TemplateDescriptor.lookup(fmt)
     assert desc.name == fmt
@@ -131,7 +131,7 @@ def test_custom_format_equal_to_a_builtin_keeps_the_format_as_name(fmt: str) -> 
 
 def test_kernel_record_of_the_custom_format_d_n_is_decoded_as_a_normal_template() -> None:
     """A kernel booted with ima_template_fmt=d|n writes records named "d|n" with a data
-    length and length-prefixed fields (§4.4: only the template named ``ima`` is special).
+    length and length-prefixed fields (ima_fs.c: only the template named ``ima`` is special).
     They must decode to d = the 20-byte digest and n = the name, and re-serialize to the
     same bytes."""
     n = b"/bin/x\0"
@@ -144,7 +144,7 @@ def test_kernel_record_of_the_custom_format_d_n_is_decoded_as_a_normal_template(
     assert serialize_binary([rec.entry]) == data
 
 
-# -- field encodings (§4.2) -------------------------------------------------------------
+# -- field encodings (ima_template_lib.c) ------------------------------------------------
 
 
 def test_d_ng_has_algo_colon_nul_prefix_even_for_sha1() -> None:
@@ -251,7 +251,7 @@ def test_bad_renderings_are_format_errors(field_id: str, text: bytes) -> None:
         unrender_field(field_id, text)
 
 
-# -- template digest, binary record and ASCII line per template (§4.3-§4.5) -------------
+# -- template digest, binary record and ASCII line per template (ima_crypto.c, ima_fs.c) -
 
 
 def test_ima_ng_known_answer() -> None:
@@ -284,7 +284,7 @@ def test_ima_ng_with_a_sha1_file_digest_keeps_the_sha1_prefix() -> None:
 
 def test_ima_template_known_answer() -> None:
     """``ima``: SHA1(d[20] || name zero-padded to 256); binary without a data length,
-    ``d`` raw, ``n`` as u32 strlen + name without its NUL (§4.3, §4.4)."""
+    ``d`` raw, ``n`` as u32 strlen + name without its NUL (ima_fs.c)."""
     desc = TemplateDescriptor.lookup("ima")
     entry = TemplateEntry(10, desc, (D1, encode_name("/bin/a b", "n")))
     assert entry.fields[1] == b"/bin/a_b\0"
@@ -314,7 +314,7 @@ def test_ima_sig_signed_and_unsigned_lines() -> None:
     unsigned = TemplateEntry(10, desc, (d_ng, b"/usr/bin/unsigned_tool\0", b""))
     td_signed = td_of(d_ng, b"/usr/bin/bash\0", SIG)
     td_unsigned = td_of(d_ng, b"/usr/bin/unsigned_tool\0", b"")
-    assert td_unsigned.endswith(b"\0\0\0\0")  # an empty sig is u32 0 (keylime.md §4)
+    assert td_unsigned.endswith(b"\0\0\0\0")  # an empty sig is u32 0 (ima_template_lib.c)
     assert signed.template_digest() == sha1(td_signed)
     assert unsigned.template_digest() == sha1(td_unsigned)
     text = serialize_ascii([signed, unsigned])
@@ -460,7 +460,7 @@ def test_template_names_and_hashes_use_underscores_for_spaces() -> None:
     assert b"/opt/my_app/run_me\n" in serialize_ascii([spaced])
 
 
-# -- violations (§4.6) ------------------------------------------------------------------
+# -- violations (ima_api.c ima_add_violation) --------------------------------------------
 
 
 @pytest.mark.parametrize("template", ["ima-ng", "ima-sig", "ima"])
@@ -516,7 +516,7 @@ def test_file_entry_ima_ng(tmp_path: Path) -> None:
 
 def test_ima_template_long_path_is_replaced_by_the_last_component(tmp_path: Path) -> None:
     """``n`` (template ``ima``): "A path longer than 255 characters is replaced by the
-    dentry's last component" (spec §4.2; kernel ima_eventname_init_common). Truncating
+    dentry's last component" (kernel ima_template_lib.c ima_eventname_init_common). Truncating
     to 255 characters is only for events without a file."""
     d = tmp_path / ("d" * 120) / ("e" * 120)
     d.mkdir(parents=True)
@@ -539,7 +539,7 @@ def test_file_entry_ima_sig_carries_the_stored_signature(
     value = imaguard.sign_file(p, rsa_key, "sha384", store)
     entry = file_entry(p, TemplateDescriptor.lookup("ima-sig"), store=store)
     assert entry.fields[2] == value.serialize()
-    # The digest algorithm follows the signature's (spec §3.7), not ima_hash.
+    # The digest algorithm follows the signature's (ima_get_hash_algo), not ima_hash.
     assert entry.fields[0] == b"sha384:\0" + hashlib.sha384(b"signed content\n").digest()
 
 

@@ -1,4 +1,4 @@
-"""security.ima / security.evm values (spec kernel-ima.md §3.1-§3.2, evmctl.md §4)."""
+"""security.ima / security.evm values (integrity.h; evmctl's output)."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ D_SHA512 = hashlib.sha512(b"abc").digest()
 SIG = bytes(range(256))
 
 
-# --- hand-built known values (bytes assembled from the spec tables) -----------------------------
+# --- hand-built known values (bytes assembled from integrity.h's layouts) ------------------------
 
 
 def _sig_bytes(type_byte: int, version: int, algo: int, key_id: int, sig: bytes) -> bytes:
@@ -135,7 +135,7 @@ def test_kat_0x02_hmac() -> None:
 
 def test_kat_0x03_header_fields() -> None:
     raw = b"\x03\x02\x04" + b"\x12\x34\xab\xcd" + b"\x01\x00" + SIG
-    assert len(raw) == 265  # ima_sign -a sha256 with RSA-2048 (evmctl.md §4)
+    assert len(raw) == 265  # ima_sign -a sha256 with RSA-2048 (evmctl 1.4)
     v = parse(raw)
     assert isinstance(v, SignatureValue)
     assert v.type == XattrType.EVM_IMA_XATTR_DIGSIG
@@ -265,7 +265,7 @@ def _truncations() -> list[tuple[str, int]]:
     out = []
     for name, raw in sorted(VALID.items()):
         for n in range(len(raw)):
-            # Cutting a 21-byte 0x01 value to 17 bytes is a valid md5 value (spec §3.1).
+            # Cutting a 21-byte 0x01 value to 17 bytes is a valid md5 value (ima_get_hash_algo).
             if name.startswith("01-") and len(raw) == 21 and n == 17:
                 continue
             out.append((name, n))
@@ -649,7 +649,7 @@ def test_property_every_prefix_is_refused(
     raw = value.serialize()
     n = data.draw(st.integers(0, len(raw) - 1))
     if raw[0] == 0x01 and len(raw) == 21 and n == 17:
-        return  # a valid md5 value (spec §3.1)
+        return  # a valid md5 value (ima_get_hash_algo)
     with pytest.raises(imaguard.FormatError):
         parse(raw[:n])
 

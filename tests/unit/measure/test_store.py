@@ -1,6 +1,6 @@
 """The measurement log store (``imaguard.measure.LogStore``) with software PCRs.
 
-Spec: issue 4 part 3; kernel-ima.md §4.6 (duplicates, violations), §4.7
+The kernel's ima_queue.c (duplicates), ima_api.c (violations), ima_init.c
 (boot_aggregate without a TPM). The TPM-bound behaviour is in test_tpm_swtpm.py.
 """
 

@@ -105,7 +105,7 @@ def test_genuine_log_is_valid_and_replays_like_the_pcrs(log: list[TemplateEntry]
 
 
 def test_replay_per_bank_hashes_template_data_in_that_bank(log: list[TemplateEntry]) -> None:
-    """Kernel >= 5.8: PCR_bank = H_bank(PCR || H_bank(template data)) (spec §4.3, §4.6)."""
+    """Kernel >= 5.8: PCR_bank = H_bank(PCR || H_bank(template data)) (ima_pcr_extend)."""
     pcr = {b: b"\0" * hashlib.new(b).digest_size for b in ("sha1", "sha256", "sha384", "sha512")}
     for e in log:
         for b in pcr:
@@ -322,7 +322,7 @@ def test_unknown_key_and_bad_signature_are_findings(
     assert ("signature-malformed", 1) in [(f.code, f.index) for f in result.findings]
 
 
-# -- runtime policies (Keylime semantics, keylime.md §5) --------------------------------
+# -- runtime policies (Keylime semantics, keylime/ima/ima.py) ---------------------------
 
 
 def test_policy_from_records_accepts_its_log(log: list[TemplateEntry]) -> None:
@@ -370,7 +370,7 @@ def test_signed_entry_accepted_through_verification_keys(
     )
     full = policy_from_records(records(entries))
     # The policy knows no digest for the RSA-signed file, or a wrong one: the signature
-    # carries it (keylime.md §5, ima-sig rule 2).
+    # carries it (keylime/ima/ima.py, the ima-sig check).
     digests = {k: v for k, v in full.digests.items() if k != str(paths["rsa"])}
     for table in (digests, {**digests, str(paths["rsa"]): ("ab" * 32,)}):
         pol = RuntimePolicy(digests=table, verification_keys=RuntimePolicy.keyring_string([spki]))

@@ -1,9 +1,23 @@
-"""Conformance table written from the spec (shared/spec/kernel-ima.md §1–§2).
+"""Conformance table for the kernel's IMA policy language and matching.
 
 Part A: policy text -> accepted (with its canonical read-back) or rejected (with the
 reason and, where it is clear, the column). Part B: policy + request -> the actions,
 flags, PCR and template the kernel's ``ima_match_policy`` walk produces. Every row cites
-the spec section it checks; the citation is part of the test id.
+the topic it checks with a label (shown as ``secN.M`` in the test id). The labels, and the
+kernel code each one follows (security/integrity/ima/ima_policy.c unless noted; the
+grammar is documented in Documentation/ABI/testing/ima_policy):
+
+* ``§1.1`` lines, comments, one write per rule, all or nothing: ``ima_write_policy()`` and
+  ``ima_release_policy()`` (ima_fs.c), ``ima_parse_add_rule()``, ``ima_parse_rule()``
+* ``§1.2`` actions, exactly one per rule: ``ima_parse_rule()``
+* ``§1.3`` conditions (``mask=``, ``fsmagic=``, ids, LSM labels, ...): ``ima_parse_rule()``
+* ``§1.4`` ``func=`` hooks and their aliases: ``enum ima_hooks`` (ima.h), ``ima_parse_rule()``
+* ``§1.5`` options and their order (``appraise_type=``, ``template=``, ...): ``ima_parse_rule()``
+* ``§1.6`` combinations a rule may not have: ``ima_validate_rule()``
+* ``§1.7`` built-in policies: the ``*_rules[]`` tables and ``ima_init_policy()``; the
+  ``ima_policy=`` boot parameter (Documentation/admin-guide/kernel-parameters.txt)
+* ``§2.2`` whether one rule matches a request: ``ima_match_rules()``
+* ``§2.3`` first match per action kind, flags, PCR and template: ``ima_match_policy()``
 
 Part B rows are checked against both the naive walk and the compiled index.
 """
@@ -444,7 +458,7 @@ def test_a_bare_cr_line_is_not_a_blank_line() -> None:
 
 
 # --------------------------------------------------------------------------------------
-# Part B: policy + request -> decision (§2, §1.7)
+# Part B: policy + request -> decision (§2.2, §2.3, §1.7)
 # --------------------------------------------------------------------------------------
 
 
@@ -1059,7 +1073,7 @@ DECIDE_ROWS: list[Decide] = [
         req("FILE_CHECK", cap_setuid=True),
         "",
     ),
-    # data hooks: KEY_CHECK and CRITICAL_DATA (§2.2 step 2)
+    # data hooks: KEY_CHECK and CRITICAL_DATA (§2.2: the rule's func must be the hook)
     row(
         "§2.2",
         "KEY_CHECK: keyring in the list",

@@ -1,5 +1,5 @@
 """Evaluation beyond the conformance table: imaguard-mode conditions, the request model
-(Subject defaults, masks), which kinds are requested (§2.1), and decision bookkeeping."""
+(Subject defaults, masks), which kinds are requested (ima_policy_flag), and decision bookkeeping."""
 
 from __future__ import annotations
 
@@ -150,7 +150,7 @@ def test_evaluation_is_pure() -> None:
 
 
 # --------------------------------------------------------------------------------------
-# §2.1: which kinds are requested
+# which kinds are requested (ima_update_policy_flags, process_measurement)
 # --------------------------------------------------------------------------------------
 
 
@@ -174,7 +174,7 @@ def test_unrequested_kind_adds_no_flags() -> None:
 
 
 def test_appraise_disabled_removes_appraise() -> None:
-    # §2.1: with ima_appraise == 0, APPRAISE is not requested
+    # ima_update_policy_flags: with ima_appraise == 0, APPRAISE is not requested
     rules = rules_of("hash\nappraise appraise_type=imasig\nmeasure\n")
     r = req("FILE_CHECK", "MAY_READ")
     on = CompiledPolicy(rules).evaluate(r)

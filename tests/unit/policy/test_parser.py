@@ -1,5 +1,5 @@
 """The parser and the canonical printer: parse -> print -> parse identity (Hypothesis over
-the grammar), the read-back format of spec §1.8, imaguard mode, and bad input."""
+the grammar), the read-back format (ima_policy_show), imaguard mode, and bad input."""
 
 from __future__ import annotations
 
@@ -68,8 +68,8 @@ def test_policy_text_round_trip(cases: list[tuple[Rule, str]], comments: bool) -
 
 
 def test_appraise_algos_order_survives_the_round_trip() -> None:
-    # §1.8 prints appraise_algos in ascending id order; the kernel keeps a bitmask, so the
-    # order written is not part of the rule. parse(print(parse(x))) must equal parse(x).
+    # ima_policy_show prints appraise_algos in ascending id order; the kernel keeps a bitmask, so
+    # the order written is not part of the rule. parse(print(parse(x))) must equal parse(x).
     first = parse_rule("appraise appraise_algos=sha512,sha256")
     (again,) = parse_policy(first.read_back()).rules
     assert first.canonical() == "appraise appraise_algos=sha256,sha512"
@@ -93,14 +93,14 @@ def test_verity_before_sigv3_in_print() -> None:
 
 
 def test_parse_rule_accepts_a_read_back_line() -> None:
-    # A read-back line ends in "\n"; written back to the kernel it is one rule (§1.1:
+    # A read-back line ends in "\n"; written back to the kernel it is one rule (ima_write_policy:
     # the write is split at the newline). parse_rule should take it as the same rule.
     rule = parse_rule("measure func=BPRM_CHECK")
     assert parse_rule(rule.read_back()) == rule
 
 
 # --------------------------------------------------------------------------------------
-# The read-back format (§1.8)
+# The read-back format (ima_policy.c ima_policy_show)
 # --------------------------------------------------------------------------------------
 
 UUID = "0123abcd-4567-89ab-cdef-0123456789ab"
@@ -324,7 +324,7 @@ def test_huge_line_is_a_clear_error_naming_the_line() -> None:
 
 
 def test_kernel_line_limit_is_a_page() -> None:
-    # §1.1: one write of at most PAGE_SIZE-1 bytes is one rule
+    # ima_fs.c ima_write_policy: one write of at most PAGE_SIZE-1 bytes is one rule
     head = "measure fsname="
     fits = head + "a" * (4095 - len(head))
     assert parse_policy(fits + "\n").rules[0].fsname == "a" * (4095 - len(head))
@@ -403,7 +403,7 @@ def test_repeated_permit_directio() -> None:
 def test_deeply_repeated_options() -> None:
     line = "measure " + " ".join(f"fsname=a{i}" for i in range(1000))
     rule = parse_policy(line, mode="imaguard").rules[0]
-    assert rule.fsname == "a999"  # the later one wins (§1.3)
+    assert rule.fsname == "a999"  # the later one wins (ima_parse_rule)
     with pytest.raises(PolicyError):
         parse_policy(line)  # too long for one kernel write
     same = "measure " + " ".join(["fsname=a"] * 400)

@@ -1,4 +1,4 @@
-"""Many named policies side by side (DESIGN §3): union, provenance, strictest appraisal,
+"""Many named policies side by side (docs/architecture.md): union, provenance, strictest appraisal,
 conflicts that fail closed, lifecycle, locks, signed updates and versions."""
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def test_one_owners_dont_appraise_cannot_switch_off_anothers_appraise() -> None:
 
 
 def test_a_policy_of_only_dont_rules_demands_nothing_and_decides_nothing() -> None:
-    # §2.1: only the positive kinds present in a policy are requested from it
+    # ima_update_policy_flags: only the positive kinds present in a policy are requested from it
     d = pset(a="appraise\n", b="dont_appraise\ndont_measure\n").evaluate(BPRM)
     assert acts(d) == {"appraise"}
     assert [p.policy for p in d.provenance] == ["a"]
@@ -296,8 +296,8 @@ def test_single_policy_set_equals_naive(data: st.DataObject, policy: Policy) -> 
 
 
 def test_single_policy_appraise_then_hash_keeps_hash() -> None:
-    # §2.3: "A later matching hash rule can set it again" - one policy alone in a set
-    # must decide as the kernel does (DESIGN §3: "behaves exactly like the kernel's")
+    # ima_match_policy: a later matching hash rule can set it again - one policy alone in a set
+    # must decide as the kernel does (docs/architecture.md)
     policy = pol("appraise\nhash\n")
     s = PolicySet()
     s.add("only", policy)
