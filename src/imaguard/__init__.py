@@ -44,6 +44,8 @@ from imaguard.errors import (
     PolicyError,
     PolicyLockedError,
     StoreError,
+    TruncatedError,
+    UnsupportedAlgorithmError,
     UsageError,
     VerificationError,
 )
@@ -106,6 +108,8 @@ __all__ = [
     "Status",
     "StoreError",
     "Subject",
+    "TruncatedError",
+    "UnsupportedAlgorithmError",
     "UsageError",
     "Verdict",
     "VerificationError",

@@ -29,7 +29,14 @@ from imaguard.appraise._files import (
 from imaguard.appraise._sigstore import SignatureStore, store_for
 from imaguard.appraise._verdict import Cause, SignatureInfo, Status, Verdict
 from imaguard.appraise._verity import VERITY_ALGORITHMS, fsverity_digest, fsverity_digest_bytes
-from imaguard.errors import FileError, FormatError, StoreError, UsageError, VerificationError
+from imaguard.errors import (
+    FileError,
+    FormatError,
+    StoreError,
+    UnsupportedAlgorithmError,
+    UsageError,
+    VerificationError,
+)
 from imaguard.formats import hashalgo
 from imaguard.formats.hashalgo import HashAlgo
 from imaguard.formats.xattr import (
@@ -319,7 +326,12 @@ def _verdict_from_value(
             Status.FAIL, Cause.BLACKLISTED_HASH, "the content digest is blacklisted", digest=signed
         )
     for cert in certs:
-        if cert.verifies(algo, signed, value.signature):
+        try:
+            ok = cert.verifies(algo, signed, value.signature)
+        except UnsupportedAlgorithmError as e:
+            # Not judged, so not "invalid-signature": this OpenSSL cannot check it.
+            return verdict(Status.UNKNOWN, Cause.UNKNOWN, str(e), digest=signed)
+        if ok:
             return verdict(Status.PASS, None, digest=signed, signer=cert.description)
     return verdict(
         Status.FAIL, bad_signature, "signature does not match the content", digest=signed
@@ -437,9 +449,7 @@ def appraise(
                 try:
                     raw = st.read(ref)
                 except StoreError as e:
-                    return Verdict(
-                        name, Status.UNKNOWN, Cause.UNKNOWN, detail=str(e).split(": ", 1)[-1]
-                    )
+                    return Verdict(name, Status.UNKNOWN, Cause.UNKNOWN, detail=e.reason)
             else:
                 raw = value
             h = _Hasher(name, ref, None)

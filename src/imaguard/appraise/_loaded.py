@@ -163,4 +163,4 @@ class _NoValue:
         return None
 
     def write(self, ref: object, value: bytes) -> None:  # pragma: no cover - never written
-        raise StoreError("nothing can be stored here")
+        raise StoreError(getattr(ref, "name", "<memfd>"), "nothing can be stored here")

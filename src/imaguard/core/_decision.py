@@ -63,6 +63,9 @@ class Decision:
     conflict: str | None = None
     detail: str = ""
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
+    violation_error: str | None = None
+    """Set when a violation (``extra["violation"]``) was seen but its record could not be
+    appended to the measurement log: why not. The log then lacks the record."""
 
     def __bool__(self) -> bool:
         raise TypeError("a Decision has no truth value; read .allowed")
@@ -88,4 +91,6 @@ class Decision:
             out["conflict"] = self.conflict
         if self.detail:
             out["detail"] = self.detail
+        if self.violation_error is not None:
+            out["violation_error"] = self.violation_error
         return out

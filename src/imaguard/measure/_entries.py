@@ -132,12 +132,20 @@ def file_entry(
     pcr: int = 10,
     store: SignatureStore | str | None = None,
 ) -> TemplateEntry:
-    """Measure one file and fill ``template`` (FileChangedError if it changes while hashed)."""
+    """Measure one file and fill ``template`` (FileChangedError if it changes while hashed).
+
+    A filesystem without extended attributes holds no value, so the entry carries no
+    signature (as the kernel's). Any other store failure (an unreadable or oversized
+    ``.sig``, a permission error) raises :class:`~imaguard.StoreError`: an ``ima-sig``
+    entry silently logged without the signature that exists would be a lie.
+    """
     st_store = store_for(store) if store is None or isinstance(store, str) else store
     with open_target(path) as ref:
         try:
             value = st_store.read(ref)
-        except StoreError:
+        except StoreError as e:
+            if not e.unsupported:
+                raise
             value = None  # no xattr support: measure without a signature
         return entry_for_open_file(
             ref,

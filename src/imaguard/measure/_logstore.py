@@ -38,7 +38,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from imaguard.errors import BackendError, FormatError, LogIntegrityError, UsageError
+from imaguard.errors import (
+    BackendError,
+    FormatError,
+    LogIntegrityError,
+    TruncatedError,
+    UsageError,
+)
 from imaguard.formats.measurelist import RawRecord, iter_binary, parse_binary, serialize_record
 from imaguard.formats.template import TEMPLATES, TemplateDescriptor, TemplateEntry
 from imaguard.measure._pcr import (
@@ -211,7 +217,7 @@ class LogStore:
             # torn tail; anything else is damage, and nothing is truncated.
             tail = data[good_end:]
             zeros = not any(tail)
-            if not zeros and ("truncated" not in str(e) or _holds_a_record(tail, records)):
+            if not zeros and (not isinstance(e, TruncatedError) or _holds_a_record(tail, records)):
                 raise LogIntegrityError(
                     f"{self.dir / LOG_NAME}: {e}; the log is damaged and was left as it is"
                 ) from e

@@ -11,6 +11,8 @@ every problem, not just the first. The checks:
 * ``boot-aggregate``: the first entry is not boot_aggregate;
 * ``signature-invalid`` / ``unknown-key`` / ``signature-malformed``: an ima-sig signature
   does not verify against the keyring;
+* ``signature-unsupported``: this OpenSSL cannot verify the signature's algorithm (nothing
+  was judged);
 * ``excluded`` never appears; ``not-in-policy`` / ``digest-not-allowed``: the runtime policy
   (Keylime semantics, spec keylime.md §5) does not allow an entry;
 * ``parse``: the log is malformed (verification stops there; everything before is judged).
@@ -33,7 +35,7 @@ from imaguard.crypto._keys import (
     load_public_key,
     verify_prehashed,
 )
-from imaguard.errors import FormatError, KeyLoadError
+from imaguard.errors import FormatError, KeyLoadError, UnsupportedAlgorithmError
 from imaguard.formats.hashalgo import by_id, by_name
 from imaguard.formats.keylime import RuntimePolicy
 from imaguard.formats.measurelist import RawRecord, iter_ascii, iter_binary, split_fields
@@ -477,8 +479,13 @@ def _check_signature(
                 Finding("unknown-key", f"no key with id {value.key_id:08x}", rec.index, path)
             )
         return False
-    if any(verify_prehashed(k, value.algorithm, digest, value.signature) for k in candidates):
-        return True
+    try:
+        if any(verify_prehashed(k, value.algorithm, digest, value.signature) for k in candidates):
+            return True
+    except UnsupportedAlgorithmError as e:
+        # Not judged: reported as its own finding, never as an invalid signature.
+        findings.append(Finding("signature-unsupported", str(e), rec.index, path))
+        return False
     if strict:
         findings.append(Finding("signature-invalid", "signature does not verify", rec.index, path))
     return False
