@@ -259,9 +259,13 @@ def parse(data: bytes) -> ImaValue:
 
 
 def digest_value(algorithm: HashAlgo, digest: bytes) -> DigestValue | DigestNgValue:
-    """The hash value the kernel writes for ``algorithm``: 0x01 for md4/md5/sha1, else 0x04.
+    """The hash value to store for ``algorithm``: 0x01 for md5 and sha1, 0x04 otherwise.
 
-    This is also what ``evmctl ima_hash`` writes, so the bytes compare equal.
+    The kernel's ``ima_fix_xattr`` (security/integrity/ima/ima_appraise.c) writes 0x01 for
+    every algorithm id up to ``HASH_ALGO_SHA1`` and 0x04 above it; ``evmctl ima_hash`` does
+    the same, so the bytes compare equal. Of those ids, md4 (id 0) is refused here: a
+    16-byte 0x01 value reads back as md5 (``ima_get_hash_algo`` tells md5 from sha1 by the
+    value's length alone), so an md4 value could never be appraised.
     """
     if len(digest) != algorithm.digest_size:
         raise FormatError(
@@ -269,7 +273,9 @@ def digest_value(algorithm: HashAlgo, digest: bytes) -> DigestValue | DigestNgVa
         )
     if algorithm.id <= 2:
         if algorithm.name == "md4":
-            raise FormatError("md4 digests cannot be stored in a 0x01 value")
+            raise FormatError(
+                "md4 digests cannot be stored: a 16-byte 0x01 value reads back as md5"
+            )
         return DigestValue(digest)
     return DigestNgValue(algorithm, digest)
 

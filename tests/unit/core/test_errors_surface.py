@@ -57,9 +57,9 @@ def test_a_recorded_violation_has_no_error(tmp_path: Path, rsa_ring: imaguard.Ke
 def test_fix_mode_reports_the_value_type_it_wrote(
     tmp_path: Path, rsa_ring: imaguard.Keyring, ima_hash: str, kind: int
 ) -> None:
-    # The kernel's ima_fix_xattr writes IMA_XATTR_DIGEST (0x01) for sha1 and
-    # IMA_XATTR_DIGEST_NG (0x04) otherwise (security/integrity/ima/ima_appraise.c);
-    # imaguard's digest_value also keeps 0x01 for md5, whose digest is 16 bytes.
+    # The kernel's ima_fix_xattr writes IMA_XATTR_DIGEST (0x01) for algorithm ids up to
+    # HASH_ALGO_SHA1 (md5, sha1) and IMA_XATTR_DIGEST_NG (0x04) above
+    # (security/integrity/ima/ima_appraise.c).
     prog = tmp_path / "prog"
     prog.write_bytes(b"#!/bin/sh\n")
     store = MemoryStore()
