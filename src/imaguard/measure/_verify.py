@@ -257,27 +257,9 @@ def verify_records(
                 # The common case inline: an ima-ng entry against the runtime policy.
                 path = nm.decode("utf-8", "surrogateescape")
                 if excl is None or not excl.match(path):
-                    allowed = fast_digests.get(path)
-                    if allowed is None:
-                        findings.append(
-                            Finding(
-                                "not-in-policy",
-                                f"{path} is not in the runtime policy",
-                                rec.index,
-                                path,
-                            )
-                        )
-                    else:
-                        hexd = rec.file_digest[1].hex()
-                        if hexd not in allowed:
-                            findings.append(
-                                Finding(
-                                    "digest-not-allowed",
-                                    f"{path}: digest {hexd} is not among the allowed digests",
-                                    rec.index,
-                                    path,
-                                )
-                            )
+                    _check_file_digest(
+                        fast_digests, path, rec.file_digest[1].hex(), rec.index, findings
+                    )
             else:
                 _judge(rec, descs, keys, keyring is not None, runtime_policy, excl, findings)
     if parse_error is not None:
@@ -324,27 +306,8 @@ def _judge(
     if rec.name is not None and rec.file_digest is not None:
         # Fast path: the ASCII reader already split out the name, digest and signature.
         path = rec.name.decode("utf-8", "surrogateescape")
-        if policy is not None and rec.sig is None and rec.template_name == "ima-ng":
-            if excl is not None and excl.match(path):
-                return
-            allowed = policy.digests.get(path)
-            hexd = rec.file_digest[1].hex()
-            if allowed is None:
-                findings.append(
-                    Finding(
-                        "not-in-policy", f"{path} is not in the runtime policy", rec.index, path
-                    )
-                )
-            elif hexd not in allowed:
-                findings.append(
-                    Finding(
-                        "digest-not-allowed",
-                        f"{path}: digest {hexd} is not among the allowed digests",
-                        rec.index,
-                        path,
-                    )
-                )
-            return
+        # (An ima-ng record judged against a runtime policy never gets here: verify_records
+        # checks it inline.)
         fields = {"sig": rec.sig or b"", "buf": rec.sig or b""}
         try:
             algo = by_name(rec.file_digest[0])
@@ -411,17 +374,25 @@ def _judge(
                 )
             )
         return
-    allowed = policy.digests.get(path)
+    _check_file_digest(policy.digests, path, hexd, rec.index, findings)
+
+
+def _check_file_digest(
+    digests: Mapping[str, Any], path: str, hexd: str, index: int, findings: list[Finding]
+) -> None:
+    """The runtime policy's file check (Keylime semantics): the path is listed, and the
+    digest is among its allowed digests. The one place this check is made."""
+    allowed = digests.get(path)
     if allowed is None:
         findings.append(
-            Finding("not-in-policy", f"{path} is not in the runtime policy", rec.index, path)
+            Finding("not-in-policy", f"{path} is not in the runtime policy", index, path)
         )
     elif hexd not in allowed:
         findings.append(
             Finding(
                 "digest-not-allowed",
                 f"{path}: digest {hexd} is not among the allowed digests",
-                rec.index,
+                index,
                 path,
             )
         )
