@@ -14,12 +14,11 @@ a sidecar through a temporary file and ``rename``.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
-import tempfile
 from typing import Protocol
 
+from imaguard._fsutil import atomic_write
 from imaguard.appraise._files import FileRef
 from imaguard.errors import StoreError, UsageError
 
@@ -127,22 +126,9 @@ class SidecarStore:
 
     def write(self, ref: FileRef, value: bytes) -> None:
         path = self._path(ref)
-        directory, base = os.path.split(path)
         try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp", dir=directory or ".")
+            atomic_write(path, value, mode=0o644)
         except OSError as e:
-            raise StoreError(path, f"cannot write signature file: {e.strerror or e}") from e
-        try:
-            os.fchmod(fd, 0o644)
-            try:
-                os.write(fd, value)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-        except OSError as e:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
             raise StoreError(path, f"cannot write signature file: {e.strerror or e}") from e
 
 

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from imaguard._fsutil import atomic_write
 from imaguard.errors import (
     BackendError,
     FormatError,
@@ -54,7 +55,7 @@ from imaguard.measure._pcr import (
     boot_aggregate_entry,
     check_banks,
 )
-from imaguard.measure._tpm import TpmPcrs, open_tpm
+from imaguard.measure._tpm import open_tpm
 
 __all__ = ["AppendResult", "LogStore", "OpenReport"]
 
@@ -159,7 +160,7 @@ class LogStore:
                 f"{self.dir}: the log was kept for banks {list(stored_banks)}, "
                 f"now {list(self.banks)}"
             )
-        reset_count = self.backend.reset_count() if isinstance(self.backend, TpmPcrs) else None
+        reset_count = self.backend.reset_count() if self.backend is not None else None
         if state and reset_count is not None and state.get("tpm_reset_count") != reset_count:
             raise LogIntegrityError(
                 f"{self.dir}: TPM {tpm} was reset since this log began (reset count "
@@ -192,16 +193,11 @@ class LogStore:
             self.append(boot_aggregate_entry(desc, self.backend, ima_hash))
 
     def _write_state(self, state: dict[str, Any]) -> None:
-        tmp = self.dir / f".{STATE_NAME}.tmp"
-        tmp.write_text(json.dumps(state, indent=2) + "\n")
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, self.dir / STATE_NAME)
-        dfd = os.open(self.dir, os.O_RDONLY)
+        path = self.dir / STATE_NAME
         try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+            atomic_write(path, (json.dumps(state, indent=2) + "\n").encode(), mode=0o644)
+        except OSError as e:
+            raise BackendError(f"{path}: cannot write the state: {e.strerror or e}") from e
 
     def _replay(self) -> OpenReport:
         data = os.pread(self._fd, os.fstat(self._fd).st_size, 0)

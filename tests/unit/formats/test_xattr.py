@@ -559,7 +559,7 @@ def test_digest_value_every_other_algorithm_is_0x04(algo: HashAlgo) -> None:
 def test_digest_value_md4_refused() -> None:
     # ima_fix_xattr and evmctl would write md4 as 0x01 (ids up to sha1), but a 16-byte 0x01
     # value is md5 when read back (ima_get_hash_algo): the error says why.
-    with pytest.raises(imaguard.FormatError, match="md4.*reads back as md5"):
+    with pytest.raises(imaguard.FormatError, match=r"md4.*reads back as md5"):
         digest_value(by_name("md4"), bytes(16))
     assert parse(b"\x01" + bytes(16)).algorithm is MD5  # type: ignore[union-attr]
 

@@ -3,6 +3,7 @@ a TPM start-up failure is not ignored, a torn tail is told from damage by type."
 
 from __future__ import annotations
 
+import json
 import types
 from pathlib import Path
 from typing import Any
@@ -10,11 +11,18 @@ from typing import Any
 import pytest
 
 from imaguard.appraise import MemoryStore
-from imaguard.errors import BackendError, FormatError, StoreError, TruncatedError
+from imaguard.errors import (
+    BackendError,
+    FormatError,
+    LogIntegrityError,
+    StoreError,
+    TruncatedError,
+)
 from imaguard.formats.measurelist import iter_binary, serialize_binary
 from imaguard.formats.template import TemplateDescriptor
+from imaguard.measure import LogStore, SoftwarePcrs, buffer_entry, file_entry
+from imaguard.measure import _logstore as logstore_module
 from imaguard.measure import _tpm as tpm_module
-from imaguard.measure import buffer_entry, file_entry
 
 IMA_SIG = TemplateDescriptor.lookup("ima-sig")
 
@@ -129,3 +137,39 @@ def test_a_bad_ima_name_length_is_damage_not_a_torn_tail() -> None:
     with pytest.raises(FormatError) as exc:
         list(iter_binary(bytes(data)))
     assert not isinstance(exc.value, TruncatedError)
+
+
+# -- the PCR backend's reset counter ------------------------------------------------------
+
+
+class _CountingPcrs(SoftwarePcrs):
+    """A PCR backend that is not the TPM class but has a reset counter."""
+
+    name = "counting"
+
+    def __init__(self) -> None:
+        super().__init__(("sha1", "sha256"))
+        self.count = 1
+
+    def reset_count(self) -> int | None:
+        return self.count
+
+
+def test_the_log_is_bound_to_any_backends_reset_count(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = _CountingPcrs()
+    monkeypatch.setattr(logstore_module, "open_tpm", lambda tcti: backend if tcti else None)
+    with LogStore(tmp_path / "s", tpm="fake") as store:
+        assert len(store) == 1
+    state = json.loads((tmp_path / "s" / "state.json").read_text())
+    assert state["tpm_reset_count"] == 1
+    with LogStore(tmp_path / "s", tpm="fake") as store:  # same boot: fine
+        assert len(store) == 1
+    backend.count = 2  # a reboot
+    with pytest.raises(LogIntegrityError, match="reset"):
+        LogStore(tmp_path / "s", tpm="fake")
+
+
+def test_software_pcrs_have_no_reset_count() -> None:
+    assert SoftwarePcrs().reset_count() is None
