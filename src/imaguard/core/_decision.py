@@ -14,11 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from imaguard.appraise._verdict import Verdict
+from imaguard.policy._ast import ACTION_KINDS
 from imaguard.policy._policyset import Provenance
 
-__all__ = ["ACTIONS", "ActionResult", "Decision", "Outcome"]
-
-ACTIONS = ("measure", "appraise", "audit", "hash")
+__all__ = ["ActionResult", "Decision", "Outcome"]
 
 
 class Outcome:
@@ -82,7 +81,7 @@ class Decision:
             "path": self.path,
             "hook": self.hook,
             "allowed": self.allowed,
-            "actions": {k: self.actions[k].to_dict() for k in ACTIONS},
+            "actions": {k: self.actions[k].to_dict() for k in ACTION_KINDS},
             "verdict": self.verdict.to_dict() if self.verdict is not None else None,
             "provenance": [p.to_dict() for p in self.provenance],
             "cached": self.cached,

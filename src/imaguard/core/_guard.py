@@ -35,7 +35,7 @@ from imaguard.appraise._verdict import Cause, Status, Verdict
 from imaguard.appraise._verity import fsverity_digest
 from imaguard.core._audit import AuditSink, MemoryAudit
 from imaguard.core._cache import CacheEntry, IntegrityCache, slot_for
-from imaguard.core._decision import ACTIONS, NOT_REQUIRED, ActionResult, Decision, Outcome
+from imaguard.core._decision import NOT_REQUIRED, ActionResult, Decision, Outcome
 from imaguard.core._objects import current_subject, file_object
 from imaguard.core._objects import fs_magic as _fs_magic
 from imaguard.crypto._keyring import Keyring
@@ -43,10 +43,10 @@ from imaguard.errors import Error, FileError, StoreError, UsageError
 from imaguard.formats import hashalgo
 from imaguard.formats.hashalgo import HashAlgo
 from imaguard.formats.template import TemplateDescriptor
-from imaguard.formats.xattr import digest_value
+from imaguard.formats.xattr import digest_value, is_signature
 from imaguard.measure._entries import entry_for_open_file, violation_entry
 from imaguard.measure._logstore import LogStore
-from imaguard.policy._ast import FUNC_ALIASES, Action
+from imaguard.policy._ast import ACTION_KINDS, FUNC_ALIASES, Action
 from imaguard.policy._builtin import builtin_policy
 from imaguard.policy._evaluate import Object, Request, Subject, parse_mask
 from imaguard.policy._parser import Mode, parse_policy
@@ -232,7 +232,7 @@ class Guard:
         self, name: str, hook: str, sd: SetDecision, subj: Subject, reason: str
     ) -> Decision:
         actions: dict[str, ActionResult] = {}
-        for kind in ACTIONS:
+        for kind in ACTION_KINDS:
             if getattr(sd, kind):
                 p = _first(sd, kind)
                 actions[kind] = ActionResult(
@@ -250,7 +250,7 @@ class Guard:
     ) -> Decision:
         obj = file_object(ref.fd, ref.st, ref.path, resolve=self._paths)
         sd = self.policies.evaluate(Request(hook, bits, subj, obj))
-        actions: dict[str, ActionResult] = dict.fromkeys(ACTIONS, NOT_REQUIRED)
+        actions: dict[str, ActionResult] = dict.fromkeys(ACTION_KINDS, NOT_REQUIRED)
         violation, violation_error = (
             self._tomtou(name, hook, bits, ref) if bits & MAY_WRITE else (None, None)
         )
@@ -328,12 +328,7 @@ class Guard:
                 )
                 if not ok and self.mode == "enforce":
                     allowed = False
-                if (
-                    ok
-                    and self.mode == "enforce"
-                    and bits & MAY_WRITE
-                    and (value() or b"")[:1] in (b"\x03", b"\x06")
-                ):
+                if ok and self.mode == "enforce" and bits & MAY_WRITE and is_signature(value()):
                     # Signed files are immutable under appraisal (spec §3.8, final decision).
                     allowed = False
                     detail = "a signed file cannot be opened for write under appraisal"
@@ -550,7 +545,7 @@ class Guard:
     ) -> ActionResult:
         p = _first(sd, "hash")
         raw = value()
-        if raw is not None and raw[:1] in (b"\x03", b"\x06"):
+        if is_signature(raw):
             return ActionResult(
                 True, Outcome.PASSED, None, p.policy, p.line, "signed: the signature is kept"
             )
@@ -575,7 +570,7 @@ class Guard:
             return
         rules = {p.action.removeprefix("dont_"): p for p in decision.provenance}
         subject = {"uid": subj.uid, "euid": subj.euid, "gid": subj.gid, "egid": subj.egid}
-        for kind in ACTIONS:
+        for kind in ACTION_KINDS:
             a = decision.actions[kind]
             if not (a.outcome == Outcome.FAILED or (kind == "audit" and audit_hash is not None)):
                 continue

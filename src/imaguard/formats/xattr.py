@@ -39,6 +39,7 @@ __all__ = [
     "XattrType",
     "digest_value",
     "file_id",
+    "is_signature",
     "parse",
 ]
 
@@ -241,6 +242,19 @@ class SignatureValue:
 
 
 ImaValue = DigestValue | DigestNgValue | HmacValue | SignatureValue
+
+IMA_SIGNATURE_TYPES = frozenset({XattrType.EVM_IMA_XATTR_DIGSIG, XattrType.IMA_VERITY_DIGSIG})
+"""The ``security.ima`` value types that are file signatures (0x03 and 0x06)."""
+
+
+def is_signature(value: bytes | None) -> bool:
+    """True when a ``security.ima`` value is a file signature: 0x03 (v2) or 0x06 (v3).
+
+    Judged by the type byte alone, as the kernel does when it fills the ``sig`` template
+    field (``ima_eventsig_init``) and keeps signed files immutable; whether the signature
+    parses or verifies is another question. The one such test in imaguard.
+    """
+    return bool(value) and value is not None and value[0] in IMA_SIGNATURE_TYPES
 
 
 def parse(data: bytes) -> ImaValue:

@@ -24,6 +24,7 @@ from imaguard.formats.template import (
     encode_digest_ng,
     encode_name,
 )
+from imaguard.formats.xattr import is_signature
 
 __all__ = [
     "algorithm_for_value",
@@ -117,7 +118,7 @@ def entry_for_open_file(
     if "d" in template.fields:
         # The legacy d field is always a SHA-1 digest: re-hash when the algorithm differs.
         sha1 = digest.value if algo.name == "sha1" else hasher(hashalgo.by_name("sha1")).value
-    sig = value if value is not None and value[:1] in (b"\x03", b"\x06") else b""
+    sig = value if value is not None and is_signature(value) else b""
     name = os.fsencode(os.path.realpath(ref.path)) if ref.path is not None else ref.name.encode()
     return TemplateEntry(
         pcr, template, _fields(template, name, algo, digest.value, sha1, sig, b"", ref.st)

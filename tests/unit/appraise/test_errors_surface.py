@@ -105,3 +105,14 @@ def test_appraise_store_error_detail_is_the_reason_field(
     v = imaguard.appraise(f, rsa_ring, store=Broken())
     assert v.status is imaguard.Status.UNKNOWN
     assert v.detail == "cannot read: really"
+
+
+def test_a_portable_evm_signature_in_security_ima_is_not_signed(
+    rsa_key: imaguard.PrivateKey,
+) -> None:
+    v2 = imaguard.sign_bytes(b"x", rsa_key).serialize()
+    portable = b"\x05" + v2[1:]
+    assert imaguard.signature_info(b"x", value=v2).signed is True
+    info = imaguard.signature_info(b"x", value=portable)
+    assert info.error is None  # it parses
+    assert info.signed is False  # but IMA cannot appraise it as a file signature
