@@ -20,18 +20,17 @@ from imaguard.appraise import (
     SignatureStore,
     Status,
     Verdict,
+    VerdictCache,
+    VerifiedFile,
     XattrStore,
     appraise,
     hash_file,
+    load_verified,
     sign_bytes,
     sign_file,
     signature_info,
     store_digest,
     verify_file,
-)
-from imaguard.appraise._loaded import (
-    VerifiedFile,
-    load_verified,
 )
 from imaguard.errors import (
     BackendError,
@@ -112,6 +111,7 @@ __all__ = [
     "UnsupportedAlgorithmError",
     "UsageError",
     "Verdict",
+    "VerdictCache",
     "VerificationError",
     "VerifiedFile",
     "XattrStore",

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal
 
-from imaguard.appraise._cache import DEFAULT_CACHE, VerdictCache
+from imaguard.appraise._cache import VerdictCache
 from imaguard.appraise._files import (
     Digest,
     FileRef,
@@ -419,7 +419,7 @@ def appraise(
     algorithms: Iterable[str] | None = None,
     store: SignatureStore | str | None = None,
     value: bytes | None = None,
-    cache: bool | VerdictCache = False,
+    cache: VerdictCache | None = None,
 ) -> Verdict:
     """Appraise a file against a keyring; returns a :class:`Verdict`, never raises for a bad file.
 
@@ -428,8 +428,14 @@ def appraise(
     restricts the hash algorithms accepted (as the kernel's ``appraise_algos``). ``value``
     gives the stored value directly (needed for bytes targets; overrides the store).
     A keyring given as a path is loaded; its errors do raise (they are the caller's).
-    Nothing is cached unless ``cache`` is True (the process-wide cache) or a VerdictCache.
+    Nothing is cached unless ``cache`` is a :class:`VerdictCache` the caller made and
+    owns; there is no process-wide cache (``cache=True`` is refused).
     """
+    if cache is not None and not isinstance(cache, VerdictCache):
+        raise UsageError(
+            f"cache= takes a VerdictCache (imaguard.VerdictCache()), not {cache!r}: "
+            "there is no process-wide cache"
+        )
     ring = _keyring(keyring)
     allowed = (
         frozenset(hashalgo.by_name(a).name for a in algorithms) if algorithms is not None else None
@@ -453,9 +459,9 @@ def appraise(
             else:
                 raw = value
             h = _Hasher(name, ref, None)
-            if cache is False:
+            if cache is None:
                 return _verdict_from_value(name, raw, h, ring, require, allowed, h.verity)
-            vc = DEFAULT_CACHE if cache is True else cache
+            vc = cache
             cookie = change_cookie(ref.fd, ref.st)
             key = (cookie.key, raw, ring.fingerprint(), require, allowed)
             hit = vc.get(key, cookie)
