@@ -5,6 +5,7 @@ each name resolves, nothing private is exported, nothing public is left out, and
 from __future__ import annotations
 
 import importlib
+import inspect
 import re
 import types
 from pathlib import Path
@@ -114,3 +115,32 @@ def test_one_name_per_table() -> None:
     assert not hasattr(_ast, "TEMPLATES")
     assert ACTION_KINDS == ("measure", "appraise", "audit", "hash")
     assert TEMPLATES["ima-sig"] == ("d-ng", "n-ng", "sig")
+
+
+@pytest.mark.parametrize(
+    ("package", "attr"),
+    [
+        (p, a)
+        for p in ("imaguard", *SUBPACKAGES)
+        for a in importlib.import_module(p).__all__
+        if isinstance(getattr(importlib.import_module(p), a), type)
+        or inspect.isfunction(getattr(importlib.import_module(p), a))
+    ],
+)
+def test_every_exported_class_and_function_is_documented(package: str, attr: str) -> None:
+    obj = getattr(importlib.import_module(package), attr)
+    doc = (obj.__doc__ or "").strip()
+    assert doc, f"{package}.{attr} has no docstring"
+    assert not doc.startswith(f"{attr}("), f"{package}.{attr}: only the dataclass signature"
+    if isinstance(obj, type) and len(obj.__mro__) > 1:
+        assert doc != (obj.__mro__[1].__doc__ or "").strip(), f"{package}.{attr}: inherited"
+
+
+def test_the_lock_levels_are_documented() -> None:
+    from imaguard.policy import Lock, PolicySet
+
+    source = inspect.getsource(Lock)
+    for level in Lock:
+        # Each member is followed by its own docstring in the class body.
+        assert re.search(rf'{level.name} = "{level.value}"\n    """', source), level
+    assert "signed-only" in (PolicySet.__doc__ or "") or "Lock" in (PolicySet.__doc__ or "")

@@ -21,6 +21,8 @@ __all__ = ["ActionResult", "Decision", "Outcome"]
 
 
 class Outcome:
+    """An action's outcome in a Decision (not :class:`imaguard.appraise` batch outcomes)."""
+
     NOT_REQUIRED = "not-required"
     PASSED = "passed"
     FAILED = "failed"
@@ -28,6 +30,9 @@ class Outcome:
 
 @dataclass(frozen=True)
 class ActionResult:
+    """One action kind in a Decision: required?, its outcome, the kernel's cause string when
+    it failed, the policy and rule line that demanded it, and a detail for people."""
+
     required: bool
     outcome: str = Outcome.NOT_REQUIRED
     cause: str | None = None

@@ -68,10 +68,13 @@ STATE_VERSION = 1
 
 @dataclass(frozen=True)
 class AppendResult:
+    """What :meth:`LogStore.append` did with one entry."""
+
     index: int | None
     """Position in the log, or None when the entry was a duplicate and not added."""
     added: bool
     reason: str = ""
+    """Why it was not added (``hash_exists``: the kernel's duplicate rule)."""
 
 
 @dataclass(frozen=True)

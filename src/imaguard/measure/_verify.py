@@ -50,6 +50,8 @@ _SIG_TEMPLATES = {"ima-sig", "ima-sigv2", "ima-modsig"}
 
 @dataclass(frozen=True)
 class Finding:
+    """One problem found in a log: its code (module doc), message, entry index and path."""
+
     code: str
     message: str
     index: int | None = None
@@ -61,6 +63,8 @@ class Finding:
 
 @dataclass(frozen=True)
 class VerifyResult:
+    """A log's verification: entries replayed, the PCR values they give, every finding."""
+
     entries: int
     pcrs: dict[str, dict[int, str]]
     findings: tuple[Finding, ...]

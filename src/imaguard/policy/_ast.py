@@ -32,6 +32,8 @@ __all__ = [
 
 
 class Action(StrEnum):
+    """A rule's action, as the kernel's policy grammar spells it (``dont_X`` stops ``X``)."""
+
     MEASURE = "measure"
     DONT_MEASURE = "dont_measure"
     APPRAISE = "appraise"
