@@ -17,13 +17,13 @@ every problem, not just the first. The checks:
   (Keylime semantics, spec keylime.md §5) does not allow an entry;
 * ``parse``: the log is malformed (verification stops there; everything before is judged).
 
-Replay follows the kernel (>= 5.8) and evmctl: each bank is extended with the template
-data hashed in that bank's algorithm, or 0xFF bytes for a violation.
+The replay is :class:`~imaguard.measure._replay.Replay`, the one the log store uses too:
+it follows the kernel (>= 5.8) and evmctl (each bank is extended with the template data
+hashed in that bank's algorithm, or 0xFF bytes for a violation).
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,7 +41,7 @@ from imaguard.formats.keylime import RuntimePolicy
 from imaguard.formats.measurelist import RawRecord, iter_ascii, iter_binary, split_fields
 from imaguard.formats.template import TemplateDescriptor, decode_digest_field
 from imaguard.formats.xattr import SignatureValue
-from imaguard.measure._pcr import NUM_PCRS
+from imaguard.measure._replay import Replay
 
 __all__ = ["Finding", "VerifyResult", "records_from_ascii", "records_from_binary", "verify_records"]
 
@@ -159,17 +159,9 @@ def verify_records(
     parse_error: Finding | None = None,
 ) -> VerifyResult:
     """Replay ``records`` and judge them (see the module doc for the findings)."""
-    banks = tuple(dict.fromkeys(banks))
-    if expected:
-        banks = tuple(dict.fromkeys((*banks, *expected)))
-    ctor = {b: getattr(hashlib, b) for b in banks}
-    check = getattr(hashlib, digest_bank)
-    ff = {b: b"\xff" * ctor[b]().digest_size for b in banks}
-    pcr = {b: [b"\0" * ctor[b]().digest_size] * NUM_PCRS for b in banks}
+    replay = Replay(banks, digest_bank=digest_bank, expected=expected)
+    banks = replay.banks
     findings: list[Finding] = []
-    exp = {b: dict(v) for b, v in (expected or {}).items()}
-    mismatched = sum(1 for b, vals in exp.items() for i, v in vals.items() if pcr[b][i] != v)
-    matched_at: int | None = 0 if exp and mismatched == 0 else None
     keys = _Keys()
     if keyring is not None:
         keys.add_keyring(keyring)
@@ -183,61 +175,25 @@ def verify_records(
                 findings.append(Finding("policy", f"verification-keys: {e}"))
     judge = runtime_policy is not None or keyring is not None
     descs: dict[str, TemplateDescriptor] = {}
-    # One step per bank: (constructor, that bank's PCRs, its 0xFF value, check the column?)
-    plan = [(ctor[b], pcr[b], ff[b], b == digest_bank) for b in banks]
-    separate_check = digest_bank not in banks
-    # Expected PCRs by index, so a record only re-checks the PCR it extended.
-    exp_by_pcr: dict[int, list[tuple[list[bytes], bytes, int]]] = {}
-    state: list[bool] = []
-    for b, vals in exp.items():
-        for i, v in vals.items():
-            exp_by_pcr.setdefault(i, []).append((pcr[b], v, len(state)))
-            state.append(pcr[b][i] == v)
     fast_digests = runtime_policy.digests if runtime_policy is not None else None
-    zero = b"\0" * getattr(hashlib, digest_bank)().digest_size
+    zero = replay.zero
+    step = replay.step
     count = 0
     for rec in records:
         count += 1
-        td = rec.template_data
-        dig = rec.digest
-        p = rec.pcr
-        viol = dig == zero
-        if viol:
-            if not ignore_violations:
-                findings.append(
-                    Finding("violation", "a ToMToU/open-writers violation record", rec.index)
+        viol = rec.digest == zero
+        if not step(rec):
+            findings.append(
+                Finding(
+                    "template-hash",
+                    "stored template digest does not match the template data",
+                    rec.index,
                 )
-            for c, chain, ffv, _ in plan:
-                chain[p] = c(chain[p] + ffv).digest()
-        else:
-            for c, chain, _, is_check in plan:
-                h = c(td).digest()
-                if is_check and h != dig:
-                    findings.append(
-                        Finding(
-                            "template-hash",
-                            "stored template digest does not match the template data",
-                            rec.index,
-                        )
-                    )
-                chain[p] = c(chain[p] + h).digest()
-            if separate_check and check(td).digest() != dig:
-                findings.append(
-                    Finding(
-                        "template-hash",
-                        "stored template digest does not match the template data",
-                        rec.index,
-                    )
-                )
-        watch = exp_by_pcr.get(p)
-        if watch is not None:
-            for chain, want, slot in watch:
-                now = chain[p] == want
-                if now != state[slot]:
-                    state[slot] = now
-                    mismatched += -1 if now else 1
-            if mismatched == 0:
-                matched_at = count
+            )
+        if viol and not ignore_violations:
+            findings.append(
+                Finding("violation", "a ToMToU/open-writers violation record", rec.index)
+            )
         if count == 1 and not viol:
             name = rec.name
             if name is None:
@@ -269,7 +225,8 @@ def verify_records(
     if parse_error is not None:
         findings.append(parse_error)
     notes: list[str] = []
-    if exp and mismatched != 0:
+    matched_at = replay.matched_at
+    if replay.expecting and not replay.matches:
         if matched_at is not None and matched_at < count:
             if prefix_ok:
                 notes.append(
@@ -287,14 +244,12 @@ def verify_records(
                     )
                 )
         else:
-            given = ", ".join(f"{b}:{i}" for b, v in exp.items() for i in v)
+            given = ", ".join(f"{b}:{i}" for b, v in (expected or {}).items() for i in v)
             findings.append(
                 Finding("pcr-mismatch", f"the log never replays to the given PCR values ({given})")
             )
-    used = sorted(
-        {i for b in banks for i in range(NUM_PCRS) if pcr[b][i] != b"\0" * len(pcr[b][i])}
-    )
-    values = {b: {i: pcr[b][i].hex() for i in used} for b in banks}
+    used = replay.used()
+    values = {b: {i: replay.pcrs[b][i].hex() for i in used} for b in banks}
     return VerifyResult(count, values, tuple(findings), matched_at, tuple(notes))
 
 
