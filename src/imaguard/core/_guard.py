@@ -295,8 +295,8 @@ class Guard:
                     value_box.append(self.store.read(ref))
                 except StoreError as e:
                     # No xattr support, or the value cannot be read: appraisal is UNKNOWN
-                    # (spec §3.8 step 1); measurement goes on without a signature, and its
-                    # action result says so.
+                    # (ima_appraise_measurement, security/integrity/ima/ima_appraise.c);
+                    # measurement goes on without a signature, and its action result says so.
                     store_error.append(e)
                     value_box.append(None)
             return value_box[0]
