@@ -20,18 +20,17 @@ from imaguard.appraise import (
     SignatureStore,
     Status,
     Verdict,
+    VerdictCache,
+    VerifiedFile,
     XattrStore,
     appraise,
     hash_file,
+    load_verified,
     sign_bytes,
     sign_file,
     signature_info,
     store_digest,
     verify_file,
-)
-from imaguard.appraise._loaded import (
-    VerifiedFile,
-    load_verified,
 )
 from imaguard.errors import (
     BackendError,
@@ -44,6 +43,8 @@ from imaguard.errors import (
     PolicyError,
     PolicyLockedError,
     StoreError,
+    TruncatedError,
+    UnsupportedAlgorithmError,
     UsageError,
     VerificationError,
 )
@@ -106,8 +107,11 @@ __all__ = [
     "Status",
     "StoreError",
     "Subject",
+    "TruncatedError",
+    "UnsupportedAlgorithmError",
     "UsageError",
     "Verdict",
+    "VerdictCache",
     "VerificationError",
     "VerifiedFile",
     "XattrStore",

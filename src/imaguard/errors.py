@@ -5,7 +5,9 @@ things a caller can act on::
 
     Error
     ├── FormatError          a value on the wire (xattr, signature header, ...) is malformed
+    │   └── TruncatedError   the bytes end before the value does (a cut-short record)
     ├── KeyLoadError         a key or certificate cannot be loaded or used
+    │   └── UnsupportedAlgorithmError  this OpenSSL cannot use the key's or digest's algorithm
     ├── VerificationError    a verification that was asked to raise did not pass
     ├── FileError            a file cannot be used: unreadable, not regular, changed while read
     │   └── FileChangedError the file changed while it was being hashed
@@ -31,8 +33,24 @@ class FormatError(Error):
     """Bytes on the wire are malformed, truncated or of an unknown kind."""
 
 
+class TruncatedError(FormatError):
+    """The bytes end before the value or record they hold does (a cut-short tail)."""
+
+
 class KeyLoadError(Error):
     """A key or certificate cannot be loaded, or is of a type or size imaguard refuses."""
+
+
+class UnsupportedAlgorithmError(KeyLoadError):
+    """The crypto library refuses an algorithm (a hash or key type this OpenSSL lacks).
+
+    Distinct from a signature that does not verify: nothing was judged. ``algorithm``
+    names what was refused.
+    """
+
+    def __init__(self, message: str, algorithm: str) -> None:
+        super().__init__(message)
+        self.algorithm = algorithm
 
 
 class VerificationError(Error):
@@ -60,7 +78,19 @@ class FileChangedError(FileError):
 
 
 class StoreError(Error):
-    """A signature store cannot read or write (no xattr support, permission, ...)."""
+    """A signature store cannot read or write (no xattr support, permission, ...).
+
+    ``path`` names the file (or sidecar) at fault, ``reason`` says what went wrong without
+    the path; the message is ``PATH: REASON``. ``unsupported`` is True when the store cannot
+    hold a value for this file at all (a filesystem without extended attributes): the
+    kernel's "no value" case, as opposed to a value that exists but cannot be read.
+    """
+
+    def __init__(self, path: str, reason: str, *, unsupported: bool = False) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+        self.unsupported = unsupported
 
 
 class UsageError(Error):

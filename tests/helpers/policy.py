@@ -17,6 +17,7 @@ from typing import Any
 from hypothesis import strategies as st
 
 from imaguard.formats.hashalgo import by_name
+from imaguard.formats.template import TEMPLATES
 from imaguard.policy import (
     Action,
     CompiledPolicy,
@@ -31,7 +32,7 @@ from imaguard.policy import (
     parse_mask,
     parse_policy,
 )
-from imaguard.policy._ast import LSM_FIELDS, MASKS, TEMPLATES
+from imaguard.policy._ast import LSM_FIELDS, MASKS
 
 KINDS = ("measure", "appraise", "audit", "hash")
 
@@ -296,7 +297,7 @@ def rule_and_line(
     template_token = None
     if measure and draw(st.integers(0, 3)) == 0:
         name = draw(st.sampled_from(tuple(TEMPLATES)))
-        template_token = f"template={TEMPLATES[name] if draw(st.booleans()) else name}"
+        template_token = f"template={'|'.join(TEMPLATES[name]) if draw(st.booleans()) else name}"
         fields["template"] = name
     verity_token = type_token = None
     if group in ("file", "app") and (measure or appraise) and draw(st.integers(0, 4)) == 0:

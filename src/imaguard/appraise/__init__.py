@@ -2,9 +2,11 @@
 
 See docs/architecture.md for the layers and the two interfaces.
 
-No policy and no cache live here: every call reads the file and decides.
+No policy lives here, and nothing is cached unless the caller passes its own
+:class:`VerdictCache`: every call reads the file and decides.
 """
 
+from imaguard.appraise._cache import VerdictCache
 from imaguard.appraise._calls import (
     Require,
     appraise,
@@ -16,6 +18,7 @@ from imaguard.appraise._calls import (
     verify_file,
 )
 from imaguard.appraise._files import Digest, Target
+from imaguard.appraise._loaded import VerifiedFile, load_verified
 from imaguard.appraise._sigstore import (
     STORE_NAMES,
     MemoryStore,
@@ -39,10 +42,13 @@ __all__ = [
     "Status",
     "Target",
     "Verdict",
+    "VerdictCache",
+    "VerifiedFile",
     "XattrStore",
     "appraise",
     "default_store",
     "hash_file",
+    "load_verified",
     "sign_bytes",
     "sign_file",
     "signature_info",

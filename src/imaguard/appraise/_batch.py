@@ -20,7 +20,7 @@ from typing import Any
 from imaguard.appraise._files import file_kind
 from imaguard.errors import Error
 
-__all__ = ["Outcome", "Result", "WalkEntry", "run", "walk"]
+__all__ = ["BatchOutcome", "Result", "WalkEntry", "run", "walk"]
 
 _log = logging.getLogger(__name__)
 
@@ -29,7 +29,12 @@ INLINE_LIMIT = 256
 """Batches this small run in the calling process: forking would cost more than it saves."""
 
 
-class Outcome(StrEnum):
+class BatchOutcome(StrEnum):
+    """What became of one file in a batch run (sign, verify, hash over many files).
+
+    Not :class:`imaguard.core.Outcome`, which is a Decision's per-action outcome.
+    """
+
     OK = "ok"
     FAILED = "failed"
     """The file was examined and did not verify."""
@@ -52,7 +57,7 @@ class WalkEntry:
 @dataclass(frozen=True)
 class Result:
     path: str
-    outcome: Outcome
+    outcome: BatchOutcome
     message: str = ""
     data: dict[str, Any] | None = None
 
@@ -131,9 +136,9 @@ def _safe(op: Operation, path: str) -> Result:
     try:
         return op(path)
     except Error as e:
-        return Result(path, Outcome.ERROR, str(e))
+        return Result(path, BatchOutcome.ERROR, str(e))
     except OSError as e:  # pragma: no cover - operations wrap their own I/O errors
-        return Result(path, Outcome.ERROR, f"{path}: {e.strerror or e}")
+        return Result(path, BatchOutcome.ERROR, f"{path}: {e.strerror or e}")
 
 
 def run(
@@ -154,11 +159,11 @@ def run(
     todo: list[str] = []
     for entry in entries:
         if entry.error is not None:
-            r = Result(entry.path, Outcome.ERROR, f"{entry.path}: {entry.error}")
+            r = Result(entry.path, BatchOutcome.ERROR, f"{entry.path}: {entry.error}")
             results.append(r)
             report(r)
         elif entry.skip_reason is not None:
-            r = Result(entry.path, Outcome.SKIPPED, f"{entry.path}: {entry.skip_reason}")
+            r = Result(entry.path, BatchOutcome.SKIPPED, f"{entry.path}: {entry.skip_reason}")
             results.append(r)
             report(r)
         else:

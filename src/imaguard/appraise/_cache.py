@@ -1,4 +1,8 @@
-"""A verdict cache for the direct calls, used only when asked (``appraise(..., cache=True)``).
+"""A verdict cache for the direct calls, used only when the caller passes one.
+
+``appraise(target, keyring, cache=VerdictCache())``: the caller owns the cache and decides
+how long it lives and who shares it. There is no process-wide cache, so a call without
+``cache=`` caches nothing.
 
 An entry stands while the file's :class:`~imaguard.appraise._files.ChangeCookie` (size,
 mtime, ctime, inode generation) is unchanged and the stored value, the keyring and the
@@ -15,11 +19,15 @@ from collections.abc import Hashable
 from imaguard.appraise._files import ChangeCookie
 from imaguard.appraise._verdict import Verdict
 
-__all__ = ["DEFAULT_CACHE", "VerdictCache"]
+__all__ = ["VerdictCache"]
 
 
 class VerdictCache:
-    """A bounded LRU of verdicts keyed on (file, value, keyring, requirements)."""
+    """A bounded LRU of verdicts keyed on (file, value, keyring, requirements).
+
+    Thread-safe; ``hits`` and ``misses`` count lookups. Pass one to
+    :func:`~imaguard.appraise` as ``cache=`` to reuse verdicts for unchanged files.
+    """
 
     def __init__(self, max_entries: int = 65536) -> None:
         self.max_entries = max_entries
@@ -53,6 +61,3 @@ class VerdictCache:
 
     def __len__(self) -> int:
         return len(self._entries)
-
-
-DEFAULT_CACHE = VerdictCache()

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal
 
-from imaguard.appraise._cache import DEFAULT_CACHE, VerdictCache
+from imaguard.appraise._cache import VerdictCache
 from imaguard.appraise._files import (
     Digest,
     FileRef,
@@ -29,7 +29,14 @@ from imaguard.appraise._files import (
 from imaguard.appraise._sigstore import SignatureStore, store_for
 from imaguard.appraise._verdict import Cause, SignatureInfo, Status, Verdict
 from imaguard.appraise._verity import VERITY_ALGORITHMS, fsverity_digest, fsverity_digest_bytes
-from imaguard.errors import FileError, FormatError, StoreError, UsageError, VerificationError
+from imaguard.errors import (
+    FileError,
+    FormatError,
+    StoreError,
+    UnsupportedAlgorithmError,
+    UsageError,
+    VerificationError,
+)
 from imaguard.formats import hashalgo
 from imaguard.formats.hashalgo import HashAlgo
 from imaguard.formats.xattr import (
@@ -320,7 +327,12 @@ def _verdict_from_value(
             Status.FAIL, Cause.BLACKLISTED_HASH, "the content digest is blacklisted", digest=signed
         )
     for cert in certs:
-        if cert.verifies(algo, signed, value.signature):
+        try:
+            ok = cert.verifies(algo, signed, value.signature)
+        except UnsupportedAlgorithmError as e:
+            # Not judged, so not "invalid-signature": this OpenSSL cannot check it.
+            return verdict(Status.UNKNOWN, Cause.UNKNOWN, str(e), digest=signed)
+        if ok:
             return verdict(Status.PASS, None, digest=signed, signer=cert.description)
     return verdict(
         Status.FAIL, bad_signature, "signature does not match the content", digest=signed
@@ -408,7 +420,7 @@ def appraise(
     algorithms: Iterable[str] | None = None,
     store: SignatureStore | str | None = None,
     value: bytes | None = None,
-    cache: bool | VerdictCache = False,
+    cache: VerdictCache | None = None,
 ) -> Verdict:
     """Appraise a file against a keyring; returns a :class:`Verdict`, never raises for a bad file.
 
@@ -417,8 +429,14 @@ def appraise(
     restricts the hash algorithms accepted (as the kernel's ``appraise_algos``). ``value``
     gives the stored value directly (needed for bytes targets; overrides the store).
     A keyring given as a path is loaded; its errors do raise (they are the caller's).
-    Nothing is cached unless ``cache`` is True (the process-wide cache) or a VerdictCache.
+    Nothing is cached unless ``cache`` is a :class:`VerdictCache` the caller made and
+    owns; there is no process-wide cache (``cache=True`` is refused).
     """
+    if cache is not None and not isinstance(cache, VerdictCache):
+        raise UsageError(
+            f"cache= takes a VerdictCache (imaguard.VerdictCache()), not {cache!r}: "
+            "there is no process-wide cache"
+        )
     ring = _keyring(keyring)
     allowed = (
         frozenset(hashalgo.by_name(a).name for a in algorithms) if algorithms is not None else None
@@ -438,15 +456,13 @@ def appraise(
                 try:
                     raw = st.read(ref)
                 except StoreError as e:
-                    return Verdict(
-                        name, Status.UNKNOWN, Cause.UNKNOWN, detail=str(e).split(": ", 1)[-1]
-                    )
+                    return Verdict(name, Status.UNKNOWN, Cause.UNKNOWN, detail=e.reason)
             else:
                 raw = value
             h = _Hasher(name, ref, None)
-            if cache is False:
+            if cache is None:
                 return _verdict_from_value(name, raw, h, ring, require, allowed, h.verity)
-            vc = DEFAULT_CACHE if cache is True else cache
+            vc = cache
             cookie = change_cookie(ref.fd, ref.st)
             key = (cookie.key, raw, ring.fingerprint(), require, allowed)
             hit = vc.get(key, cookie)

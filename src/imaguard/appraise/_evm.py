@@ -22,6 +22,7 @@ digest of the data above. Verification returns the kernel's EVM statuses: ``pass
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import hmac
 import os
@@ -33,7 +34,7 @@ from typing import Any
 from imaguard.appraise._files import FileRef, generation, open_target
 from imaguard.crypto._keyring import Keyring
 from imaguard.crypto._keys import PrivateKey
-from imaguard.errors import FormatError, StoreError, UsageError
+from imaguard.errors import FormatError, StoreError, UnsupportedAlgorithmError, UsageError
 from imaguard.formats import hashalgo
 from imaguard.formats.xattr import HmacValue, SignatureValue, XattrType
 from imaguard.formats.xattr import parse as parse_value
@@ -77,11 +78,23 @@ def parse_uuid(text: str | bytes | None) -> bytes | None:
         raise UsageError(f"{text!r} is not a UUID") from None
 
 
+_NO_XATTR = (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP)
+"""getxattr(2) errors that mean "no such value": ENODATA (the attribute is not set) and
+ENOTSUP/EOPNOTSUPP (the filesystem holds no extended attributes, so none is set)."""
+
+
 def _xattr(fd: int, name: str) -> bytes | None:
+    """The value of xattr ``name``, or None when the file has none (see ``_NO_XATTR``).
+
+    Any other failure (EACCES, EIO, ERANGE, ...) raises StoreError: a value that exists
+    but cannot be read is not "no value".
+    """
     try:
         return os.getxattr(fd, name)
-    except OSError:
-        return None
+    except OSError as e:
+        if e.errno in _NO_XATTR:
+            return None
+        raise StoreError(f"<fd {fd}>", f"cannot read {name}: {e.strerror or e}") from e
 
 
 def evm_data(
@@ -151,7 +164,24 @@ def evm_verify(
     evm_attr: str = "security.evm",
     ima_attr: str = "security.ima",
 ) -> EvmResult:
-    """Check ``security.evm`` of an open file (never raises for a bad file)."""
+    """Check ``security.evm`` of an open file (never raises for a bad file).
+
+    An xattr that exists but cannot be read gives status ``unknown`` with the reason.
+    """
+    try:
+        return _evm_verify(ref, keyring, hmac_key, fs_uuid, evm_attr, ima_attr)
+    except StoreError as e:
+        return EvmResult("unknown", None, e.reason)
+
+
+def _evm_verify(
+    ref: FileRef,
+    keyring: Keyring | None,
+    hmac_key: bytes | None,
+    fs_uuid: bytes | None,
+    evm_attr: str,
+    ima_attr: str,
+) -> EvmResult:
     raw = _xattr(ref.fd, evm_attr)
     if raw is None:
         present = any(
@@ -205,7 +235,7 @@ def evm_verify(
                 "invalid-fail-immutable" if portable else "invalid-HMAC",
                 "signature does not match the metadata",
             )
-    except UsageError as e:
+    except (UsageError, UnsupportedAlgorithmError) as e:
         return EvmResult("unknown", None, str(e))
     return EvmResult("fail", "invalid-HMAC", f"{evm_attr} holds a value of type 0x{raw[0]:02x}")
 
@@ -242,5 +272,5 @@ def sign_file_evm(
         try:
             os.setxattr(ref.fd, evm_attr, value)
         except OSError as e:
-            raise StoreError(f"{ref.name}: cannot write {evm_attr}: {e.strerror or e}") from e
+            raise StoreError(ref.name, f"cannot write {evm_attr}: {e.strerror or e}") from e
     return value

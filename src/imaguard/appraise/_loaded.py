@@ -13,7 +13,7 @@ from __future__ import annotations
 import fcntl
 import mmap
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from imaguard.appraise._calls import Require, _keyring, appraise
@@ -106,17 +106,7 @@ def load_verified(
             verdict = appraise(
                 memfd, ring, require=require, algorithms=algorithms, store=_NoValue()
             )
-        verdict = Verdict(
-            name,
-            verdict.status,
-            verdict.cause,
-            verdict.key_id,
-            verdict.algorithm,
-            verdict.value_type,
-            verdict.digest,
-            verdict.detail,
-            verdict.signer,
-        )
+        verdict = replace(verdict, target=name)
         if not verdict.passed:
             raise VerificationError(f"{name}: {verdict.describe()}", verdict)
         return VerifiedFile(memfd, verdict, size)
@@ -163,4 +153,4 @@ class _NoValue:
         return None
 
     def write(self, ref: object, value: bytes) -> None:  # pragma: no cover - never written
-        raise StoreError("nothing can be stored here")
+        raise StoreError(getattr(ref, "name", "<memfd>"), "nothing can be stored here")

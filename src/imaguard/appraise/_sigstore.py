@@ -14,12 +14,11 @@ a sidecar through a temporary file and ``rename``.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
-import tempfile
 from typing import Protocol
 
+from imaguard._fsutil import atomic_write
 from imaguard.appraise._files import FileRef
 from imaguard.errors import StoreError, UsageError
 
@@ -55,17 +54,20 @@ class SignatureStore(Protocol):
 def _xattr_error(ref: FileRef, attr: str, e: OSError, doing: str) -> StoreError:
     if e.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
         return StoreError(
-            f"{ref.name}: the filesystem does not support extended attributes ({attr})"
+            ref.name,
+            f"the filesystem does not support extended attributes ({attr})",
+            unsupported=True,
         )
     if e.errno == errno.EPERM and attr.startswith("security."):
         return StoreError(
-            f"{ref.name}: writing {attr} needs root (CAP_SYS_ADMIN) and a file that is not "
+            ref.name,
+            f"writing {attr} needs root (CAP_SYS_ADMIN) and a file that is not "
             "immutable; "
-            "try --store user-xattr or sigfile"
+            "try --store user-xattr or sigfile",
         )
     if e.errno == errno.E2BIG or e.errno == errno.ERANGE:
-        return StoreError(f"{ref.name}: {attr} value is too large")
-    return StoreError(f"{ref.name}: cannot {doing} {attr}: {e.strerror or e}")
+        return StoreError(ref.name, f"{attr} value is too large")
+    return StoreError(ref.name, f"cannot {doing} {attr}: {e.strerror or e}")
 
 
 class XattrStore:
@@ -98,7 +100,7 @@ class SidecarStore:
 
     def _path(self, ref: FileRef) -> str:
         if ref.path is None:
-            raise StoreError(f"{ref.name}: a sidecar .sig file needs a path, not a descriptor")
+            raise StoreError(ref.name, "a sidecar .sig file needs a path, not a descriptor")
         return ref.path + self.suffix
 
     def read(self, ref: FileRef) -> bytes | None:
@@ -108,14 +110,14 @@ class SidecarStore:
         except FileNotFoundError:
             return None
         except OSError as e:
-            raise StoreError(f"{path}: cannot read signature file: {e.strerror or e}") from e
+            raise StoreError(path, f"cannot read signature file: {e.strerror or e}") from e
         try:
             st = os.fstat(fd)
             if not (st.st_mode & 0o170000) == 0o100000:
-                raise StoreError(f"{path}: signature file is not a regular file")
+                raise StoreError(path, "signature file is not a regular file")
             if st.st_size > MAX_VALUE_SIZE:
                 raise StoreError(
-                    f"{path}: signature file is {st.st_size} bytes (at most {MAX_VALUE_SIZE})"
+                    path, f"signature file is {st.st_size} bytes (at most {MAX_VALUE_SIZE})"
                 )
             with os.fdopen(os.dup(fd), "rb") as f:
                 return f.read(MAX_VALUE_SIZE + 1)
@@ -124,23 +126,10 @@ class SidecarStore:
 
     def write(self, ref: FileRef, value: bytes) -> None:
         path = self._path(ref)
-        directory, base = os.path.split(path)
         try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp", dir=directory or ".")
+            atomic_write(path, value, mode=0o644)
         except OSError as e:
-            raise StoreError(f"{path}: cannot write signature file: {e.strerror or e}") from e
-        try:
-            os.fchmod(fd, 0o644)
-            try:
-                os.write(fd, value)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-        except OSError as e:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise StoreError(f"{path}: cannot write signature file: {e.strerror or e}") from e
+            raise StoreError(path, f"cannot write signature file: {e.strerror or e}") from e
 
 
 class MemoryStore:

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from imaguard.formats.xattr import is_signature
+
 __all__ = ["Cause", "SignatureInfo", "Status", "Verdict"]
 
 
@@ -118,7 +120,17 @@ class SignatureInfo:
 
     @property
     def signed(self) -> bool:
-        return self.present and self.error is None and self.value_type in (0x03, 0x05, 0x06)
+        """A file signature (0x03 or 0x06, see ``formats.xattr.is_signature``) that parses.
+
+        A 0x05 portable EVM signature stored as ``security.ima`` is not one: IMA cannot
+        appraise it (``unknown-ima-data``).
+        """
+        return (
+            self.present
+            and self.error is None
+            and self.value_type is not None
+            and is_signature(bytes([self.value_type]))
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {

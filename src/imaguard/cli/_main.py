@@ -25,7 +25,8 @@ import click
 
 import imaguard
 from imaguard.appraise import _batch as batch
-from imaguard.appraise._batch import Outcome, Result
+from imaguard.appraise._batch import BatchOutcome as Outcome
+from imaguard.appraise._batch import Result
 from imaguard.appraise._calls import Require
 from imaguard.appraise._sigstore import STORE_NAMES, SidecarStore, SignatureStore, store_for
 from imaguard.appraise._verdict import Cause, Status, Verdict

@@ -10,13 +10,13 @@ state directory (``cache.json``, mode 0600) so separate ``imaguard check`` calls
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import threading
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from imaguard._fsutil import atomic_write
 from imaguard.appraise._files import ChangeCookie
 from imaguard.appraise._verdict import Status, Verdict
 
@@ -155,13 +155,4 @@ class IntegrityCache:
                     for e in self._entries.values()
                 ],
             }
-        tmp = f"{self.path}.tmp{os.getpid()}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(doc, f)
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        atomic_write(self.path, json.dumps(doc).encode(), mode=0o600)

@@ -14,14 +14,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from imaguard.appraise._verdict import Verdict
+from imaguard.policy._ast import ACTION_KINDS
 from imaguard.policy._policyset import Provenance
 
-__all__ = ["ACTIONS", "ActionResult", "Decision", "Outcome"]
-
-ACTIONS = ("measure", "appraise", "audit", "hash")
+__all__ = ["ActionResult", "Decision", "Outcome"]
 
 
 class Outcome:
+    """An action's outcome in a Decision (not :class:`imaguard.appraise` batch outcomes)."""
+
     NOT_REQUIRED = "not-required"
     PASSED = "passed"
     FAILED = "failed"
@@ -29,6 +30,9 @@ class Outcome:
 
 @dataclass(frozen=True)
 class ActionResult:
+    """One action kind in a Decision: required?, its outcome, the kernel's cause string when
+    it failed, the policy and rule line that demanded it, and a detail for people."""
+
     required: bool
     outcome: str = Outcome.NOT_REQUIRED
     cause: str | None = None
@@ -63,6 +67,9 @@ class Decision:
     conflict: str | None = None
     detail: str = ""
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
+    violation_error: str | None = None
+    """Set when a violation (``extra["violation"]``) was seen but its record could not be
+    appended to the measurement log: why not. The log then lacks the record."""
 
     def __bool__(self) -> bool:
         raise TypeError("a Decision has no truth value; read .allowed")
@@ -79,7 +86,7 @@ class Decision:
             "path": self.path,
             "hook": self.hook,
             "allowed": self.allowed,
-            "actions": {k: self.actions[k].to_dict() for k in ACTIONS},
+            "actions": {k: self.actions[k].to_dict() for k in ACTION_KINDS},
             "verdict": self.verdict.to_dict() if self.verdict is not None else None,
             "provenance": [p.to_dict() for p in self.provenance],
             "cached": self.cached,
@@ -88,4 +95,6 @@ class Decision:
             out["conflict"] = self.conflict
         if self.detail:
             out["detail"] = self.detail
+        if self.violation_error is not None:
+            out["violation_error"] = self.violation_error
         return out

@@ -23,7 +23,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,7 +35,7 @@ from imaguard.appraise._verdict import Cause, Status, Verdict
 from imaguard.appraise._verity import fsverity_digest
 from imaguard.core._audit import AuditSink, MemoryAudit
 from imaguard.core._cache import CacheEntry, IntegrityCache, slot_for
-from imaguard.core._decision import ACTIONS, NOT_REQUIRED, ActionResult, Decision, Outcome
+from imaguard.core._decision import NOT_REQUIRED, ActionResult, Decision, Outcome
 from imaguard.core._objects import current_subject, file_object
 from imaguard.core._objects import fs_magic as _fs_magic
 from imaguard.crypto._keyring import Keyring
@@ -43,10 +43,10 @@ from imaguard.errors import Error, FileError, StoreError, UsageError
 from imaguard.formats import hashalgo
 from imaguard.formats.hashalgo import HashAlgo
 from imaguard.formats.template import TemplateDescriptor
-from imaguard.formats.xattr import digest_value
+from imaguard.formats.xattr import digest_value, is_signature
 from imaguard.measure._entries import entry_for_open_file, violation_entry
 from imaguard.measure._logstore import LogStore
-from imaguard.policy._ast import FUNC_ALIASES, Action
+from imaguard.policy._ast import ACTION_KINDS, FUNC_ALIASES, Action
 from imaguard.policy._builtin import builtin_policy
 from imaguard.policy._evaluate import Object, Request, Subject, parse_mask
 from imaguard.policy._parser import Mode, parse_policy
@@ -232,7 +232,7 @@ class Guard:
         self, name: str, hook: str, sd: SetDecision, subj: Subject, reason: str
     ) -> Decision:
         actions: dict[str, ActionResult] = {}
-        for kind in ACTIONS:
+        for kind in ACTION_KINDS:
             if getattr(sd, kind):
                 p = _first(sd, kind)
                 actions[kind] = ActionResult(
@@ -250,11 +250,22 @@ class Guard:
     ) -> Decision:
         obj = file_object(ref.fd, ref.st, ref.path, resolve=self._paths)
         sd = self.policies.evaluate(Request(hook, bits, subj, obj))
-        actions: dict[str, ActionResult] = dict.fromkeys(ACTIONS, NOT_REQUIRED)
-        violation = self._tomtou(name, hook, bits, ref) if bits & MAY_WRITE else None
+        actions: dict[str, ActionResult] = dict.fromkeys(ACTION_KINDS, NOT_REQUIRED)
+        violation, violation_error = (
+            self._tomtou(name, hook, bits, ref) if bits & MAY_WRITE else (None, None)
+        )
+        extra = {"violation": violation} if violation else {}
         if not (sd.measure or sd.appraise or sd.audit or sd.hash):
-            extra = {"violation": violation} if violation else {}
-            return Decision(name, hook, True, actions, None, sd.provenance, extra=extra)
+            return Decision(
+                name,
+                hook,
+                True,
+                actions,
+                None,
+                sd.provenance,
+                extra=extra,
+                violation_error=violation_error,
+            )
         cookie = change_cookie(ref.fd, ref.st)
         use_cache = self.use_cache and sd.cache
         entry = self.cache.lookup(cookie) if use_cache else CacheEntry(cookie)
@@ -276,7 +287,7 @@ class Guard:
                     name, Status.UNKNOWN, Cause.UNKNOWN, algorithm=algo.name, detail=e.reason
                 )
 
-        store_error: list[str] = []
+        store_error: list[StoreError] = []
 
         def value() -> bytes | None:
             if not value_box:
@@ -284,8 +295,9 @@ class Guard:
                     value_box.append(self.store.read(ref))
                 except StoreError as e:
                     # No xattr support, or the value cannot be read: appraisal is UNKNOWN
-                    # (spec §3.8 step 1); measurement goes on without a signature.
-                    store_error.append(str(e).split(": ", 1)[-1])
+                    # (ima_appraise_measurement, security/integrity/ima/ima_appraise.c);
+                    # measurement goes on without a signature, and its action result says so.
+                    store_error.append(e)
                     value_box.append(None)
             return value_box[0]
 
@@ -316,17 +328,12 @@ class Guard:
                 )
                 if not ok and self.mode == "enforce":
                     allowed = False
-                if (
-                    ok
-                    and self.mode == "enforce"
-                    and bits & MAY_WRITE
-                    and (value() or b"")[:1] in (b"\x03", b"\x06")
-                ):
+                if ok and self.mode == "enforce" and bits & MAY_WRITE and is_signature(value()):
                     # Signed files are immutable under appraisal (ima_main.c process_measurement).
                     allowed = False
                     detail = "a signed file cannot be opened for write under appraisal"
         if sd.measure:
-            actions["measure"] = self._measure(sd, entry, ref, value, hasher)
+            actions["measure"] = self._measure(sd, entry, ref, value, hasher, store_error)
             if hook in _VIOLATION_HOOKS and not bits & MAY_WRITE:
                 entry.may_emit_tomtou = True  # a measured read: a later write open is ToMToU
         audit_hash: str | None = None
@@ -344,23 +351,29 @@ class Guard:
             cached,
             conflict,
             detail,
-            {"violation": violation} if violation else {},
+            extra,
+            violation_error,
         )
         self._audit(decision, subj, audit_hash)
         return decision
 
-    def _tomtou(self, name: str, hook: str, bits: int, ref: FileRef) -> str | None:
+    def _tomtou(
+        self, name: str, hook: str, bits: int, ref: FileRef
+    ) -> tuple[str | None, str | None]:
         """Time of measure, time of use: a file measured for reading is opened for write.
 
         The kernel emits a violation record (zero digest, PCR extended with 0xFF) once per
         measured read open, on the next write open (ima_main.c). User space cannot see the
         kernel's reader count, so a measured read counts until the next write open.
+
+        Returns ``(violation, error)``: the violation seen (``"ToMToU"``) and, when its
+        record could not be appended to the log, why not (the Decision carries both).
         """
         if hook != "FILE_CHECK" or not self._measures:
-            return None
+            return None, None
         entry = self.cache.peek(change_cookie(ref.fd, ref.st).key)
         if entry is None or not entry.may_emit_tomtou:
-            return None
+            return None, None
         entry.may_emit_tomtou = False
         try:
             self.log.append(
@@ -368,8 +381,8 @@ class Guard:
             )
         except Error as e:
             _log.warning("%s: ToMToU violation not recorded: %s", name, e)
-            return None
-        return "ToMToU"
+            return "ToMToU", str(e)
+        return "ToMToU", None
 
     # -- actions ------------------------------------------------------------------------------
     def _appraise(
@@ -382,7 +395,7 @@ class Guard:
         safe_hasher: Any,
         hasher: Any,
         ref: FileRef,
-        store_error: list[str],
+        store_error: list[StoreError],
     ) -> tuple[Verdict, bool]:
         rule = _rule(sd, p)
         algos = frozenset(sd.appraise_algos) if sd.appraise_algos is not None else None
@@ -395,20 +408,10 @@ class Guard:
         # does not, so then the value itself must match what the verdict was reached on.
         if hit is not None and (self._value_in_cookie or entry.values.get(slot) == value()):
             self.cache.hits += 1
-            return Verdict(
-                name,
-                hit.status,
-                hit.cause,
-                hit.key_id,
-                hit.algorithm,
-                hit.value_type,
-                hit.digest,
-                hit.detail,
-                hit.signer,
-            ), True
+            return replace(hit, target=name), True
         raw = value()
         if store_error:
-            return Verdict(name, Status.UNKNOWN, Cause.UNKNOWN, detail=store_error[0]), False
+            return Verdict(name, Status.UNKNOWN, Cause.UNKNOWN, detail=store_error[0].reason), False
         if sd.fail_unverifiable_sigs and fs_magic_of(ref) == FUSE_SUPER_MAGIC:
             # fail_securely: a filesystem whose signatures cannot be trusted always fails.
             return Verdict(
@@ -464,7 +467,8 @@ class Guard:
         algo = hashalgo.by_name(self.ima_hash)
         try:
             digest = hasher(algo)
-            self.store.write(ref, digest_value(algo, digest.value).serialize())
+            written = digest_value(algo, digest.value)
+            self.store.write(ref, written.serialize())
         except Error as e:
             return Verdict(name, failed.status, failed.cause, detail=f"fix failed: {e}")
         _log.info("fix mode: wrote the %s hash of %s", algo.name, name)
@@ -474,13 +478,19 @@ class Guard:
             Status.PASS,
             None,
             algorithm=algo.name,
-            value_type=0x04,
+            value_type=int(written.type),
             digest=digest.value,
             detail="hash written (fix mode)",
         )
 
     def _measure(
-        self, sd: SetDecision, entry: CacheEntry, ref: FileRef, value: Any, hasher: Any
+        self,
+        sd: SetDecision,
+        entry: CacheEntry,
+        ref: FileRef,
+        value: Any,
+        hasher: Any,
+        store_error: list[StoreError],
     ) -> ActionResult:
         p = _first(sd, "measure")
         try:
@@ -496,6 +506,16 @@ class Guard:
                 )
                 self.log.append(e)
                 entry.measured.add(key)
+            if store_error and not store_error[0].unsupported:
+                # Measured, but a stored signature could not be read for the entry.
+                return ActionResult(
+                    True,
+                    Outcome.PASSED,
+                    None,
+                    p.policy,
+                    p.line,
+                    f"measured without the stored value: {store_error[0].reason}",
+                )
         except FileError as e:
             return ActionResult(True, Outcome.FAILED, "hashing_error", p.policy, p.line, e.reason)
         except Error as e:
@@ -525,7 +545,7 @@ class Guard:
     ) -> ActionResult:
         p = _first(sd, "hash")
         raw = value()
-        if raw is not None and raw[:1] in (b"\x03", b"\x06"):
+        if is_signature(raw):
             return ActionResult(
                 True, Outcome.PASSED, None, p.policy, p.line, "signed: the signature is kept"
             )
@@ -550,7 +570,7 @@ class Guard:
             return
         rules = {p.action.removeprefix("dont_"): p for p in decision.provenance}
         subject = {"uid": subj.uid, "euid": subj.euid, "gid": subj.gid, "egid": subj.egid}
-        for kind in ACTIONS:
+        for kind in ACTION_KINDS:
             a = decision.actions[kind]
             if not (a.outcome == Outcome.FAILED or (kind == "audit" and audit_hash is not None)):
                 continue

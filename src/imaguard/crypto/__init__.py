@@ -4,11 +4,9 @@ Names load on first use (PEP 562): importing ``cryptography`` costs tens of mill
 that commands such as ``imaguard hash`` never need.
 """
 
-from __future__ import annotations
+from typing import TYPE_CHECKING as _TYPE_CHECKING
 
-from typing import TYPE_CHECKING
-
-from imaguard._lazy import lazy_names
+from imaguard._lazy import lazy_names as _lazy_names
 from imaguard.crypto._keytypes import KEY_TYPES
 
 _LAZY = {
@@ -23,7 +21,7 @@ _LAZY = {
     "load_private_key": "imaguard.crypto._keys",
 }
 
-if TYPE_CHECKING:
+if _TYPE_CHECKING:
     from imaguard.crypto._keygen import GeneratedKey, generate_key
     from imaguard.crypto._keyring import Keyring
     from imaguard.crypto._keys import (
@@ -49,4 +47,4 @@ __all__ = [
     "load_private_key",
 ]
 
-__getattr__, __dir__ = lazy_names(__name__, _LAZY, __all__, globals())
+__getattr__, __dir__ = _lazy_names(__name__, _LAZY, __all__, globals())

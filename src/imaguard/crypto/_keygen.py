@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from imaguard._fsutil import atomic_write
 from imaguard.crypto._keys import Certificate, PrivateKey
 from imaguard.errors import UsageError
 
@@ -57,21 +58,11 @@ class GeneratedKey:
             if existing:
                 raise UsageError(f"refusing to overwrite {', '.join(existing)}")
         for path, data in files.items():
-            tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
             mode = 0o600 if path.name == "private.pem" else 0o644
             try:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+                atomic_write(path, data, mode=mode)
             except OSError as e:
                 raise UsageError(f"{path}: cannot write: {e.strerror or e}") from e
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, path)
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
         return list(files)
 
 

@@ -30,7 +30,12 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 
-from imaguard.errors import FormatError, KeyLoadError, VerificationError
+from imaguard.errors import (
+    FormatError,
+    KeyLoadError,
+    UnsupportedAlgorithmError,
+    VerificationError,
+)
 from imaguard.formats.hashalgo import HashAlgo
 
 __all__ = [
@@ -126,7 +131,11 @@ def load_public_key(der_or_pem: bytes) -> PublicKey:
 def verify_prehashed(
     public_key: PublicKey, algorithm: HashAlgo, digest: bytes, signature: bytes
 ) -> bool:
-    """True when ``signature`` by ``public_key`` verifies over the prehashed ``digest``."""
+    """True when ``signature`` by ``public_key`` verifies over the prehashed ``digest``.
+
+    Raises :class:`~imaguard.UnsupportedAlgorithmError` when the algorithm cannot be used
+    here (rather than report the signature invalid).
+    """
     return _verify(public_key, algorithm, digest, signature)
 
 
@@ -139,9 +148,17 @@ def _verify(public_key: PublicKey, algorithm: HashAlgo, digest: bytes, signature
             public_key.verify(signature, digest, ec.ECDSA(prehashed))
     except InvalidSignature:
         return False
-    except (ValueError, UnsupportedAlgorithm):
-        # A digest of the wrong length, or an algorithm this OpenSSL refuses: not valid.
+    except ValueError:
+        # A digest of the wrong length for the algorithm: the signature cannot match it.
         return False
+    except UnsupportedAlgorithm as e:
+        # Nothing was judged: this OpenSSL cannot verify with the algorithm. Not the same as
+        # a signature that does not verify.
+        raise UnsupportedAlgorithmError(
+            f"this OpenSSL cannot verify a {algorithm.name} signature with "
+            f"{_describe(public_key)} ({e})",
+            algorithm.name,
+        ) from e
     return True
 
 
@@ -309,31 +326,32 @@ def load_private_key(
         if b"-----BEGIN" in data
         else serialization.load_der_private_key
     )
+    # Whether the key is encrypted is found by loading it without a password (the
+    # library raises TypeError exactly when one is needed), never from a message text.
     try:
         try:
-            key = loader(data, password=pw)
-        except TypeError as e:
-            if "not encrypted" in str(e) and not explicit:
-                # A password from the environment is meant for encrypted keys only.
-                key = loader(data, password=None)
-            else:
-                raise
-    except TypeError as e:
-        msg = str(e)
-        if "encrypted" in msg and pw is None:
-            raise KeyLoadError(
-                f"{where}: the private key is encrypted; give its password "
-                f"(--pass or {PASSWORD_ENV})"
-            ) from e
-        if "not encrypted" in msg:
-            raise KeyLoadError(f"{where}: a password was given but the key is not encrypted") from e
-        raise KeyLoadError(f"{where}: cannot load private key: {msg}") from e
+            key = loader(data, password=None)
+            encrypted = False
+        except TypeError:
+            encrypted = True
+        if not encrypted and explicit:
+            raise KeyLoadError(f"{where}: a password was given but the key is not encrypted")
+        if encrypted:
+            if pw is None:
+                raise KeyLoadError(
+                    f"{where}: the private key is encrypted; give its password "
+                    f"(--pass or {PASSWORD_ENV})"
+                )
+            try:
+                key = loader(data, password=pw)
+            except ValueError as e:
+                raise KeyLoadError(f"{where}: wrong password for the encrypted private key") from e
     except ValueError as e:
-        if pw is not None and (b"ENCRYPTED" in data or "password" in str(e).lower()):
-            raise KeyLoadError(f"{where}: wrong password for the encrypted private key") from e
         raise KeyLoadError(f"{where}: not a PEM or DER private key ({e})") from e
     except UnsupportedAlgorithm as e:
-        raise KeyLoadError(f"{where}: unsupported key algorithm ({e})") from e
+        raise UnsupportedAlgorithmError(
+            f"{where}: unsupported key algorithm ({e})", "private key"
+        ) from e
     if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
         raise KeyLoadError(f"{where}: {type(key).__name__} keys are not supported (RSA or ECDSA)")
     _check_supported(key.public_key(), where)

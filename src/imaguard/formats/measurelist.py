@@ -30,7 +30,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from imaguard.errors import FormatError
+from imaguard.errors import FormatError, TruncatedError
 from imaguard.formats.template import (
     MAX_NAME_LEN,
     MAX_TEMPLATE_NAME,
@@ -127,7 +127,11 @@ def split_fields(data: bytes, count: int, where: str = "template data") -> tuple
 
 
 def iter_binary(data: bytes | memoryview, bank: str = "sha1") -> Iterator[RawRecord]:
-    """Yield raw records of a binary list for ``bank``; FormatError on the first bad one."""
+    """Yield raw records of a binary list for ``bank``; FormatError on the first bad one.
+
+    A record the data ends inside raises :class:`~imaguard.errors.TruncatedError` (a
+    FormatError): the cut-short tail a crash leaves, which a log store may truncate.
+    """
     size = hashlib.new(bank).digest_size
     mv = memoryview(data)
     end = len(mv)
@@ -138,7 +142,7 @@ def iter_binary(data: bytes | memoryview, bank: str = "sha1") -> Iterator[RawRec
         start = pos
         where = f"record {index} at byte {start}"
         if end - pos < 4 + size + 4:
-            raise FormatError(f"{where}: truncated ({end - pos} bytes left)")
+            raise TruncatedError(f"{where}: truncated ({end - pos} bytes left)")
         (pcr,) = unpack(mv, pos)
         if pcr >= MAX_PCR:
             raise FormatError(f"{where}: PCR index {pcr} (at most {MAX_PCR - 1})")
@@ -150,7 +154,7 @@ def iter_binary(data: bytes | memoryview, bank: str = "sha1") -> Iterator[RawRec
         if name_len == 0 or name_len > MAX_TEMPLATE_NAME:
             raise FormatError(f"{where}: template name length {name_len} (1-{MAX_TEMPLATE_NAME})")
         if end - pos < name_len:
-            raise FormatError(f"{where}: truncated in the template name")
+            raise TruncatedError(f"{where}: truncated in the template name")
         try:
             tname = bytes(mv[pos : pos + name_len]).decode("ascii")
         except UnicodeDecodeError:
@@ -158,24 +162,26 @@ def iter_binary(data: bytes | memoryview, bank: str = "sha1") -> Iterator[RawRec
         pos += name_len
         if tname == "ima":
             if end - pos < 24:
-                raise FormatError(f"{where}: truncated in the ima template data")
+                raise TruncatedError(f"{where}: truncated in the ima template data")
             d = bytes(mv[pos : pos + 20])
             (n_len,) = unpack(mv, pos + 20)
             pos += 24
-            if n_len > 255 or end - pos < n_len:
-                raise FormatError(f"{where}: ima name length {n_len} is bad or truncated")
+            if n_len > 255:
+                raise FormatError(f"{where}: ima name length {n_len} is bad (at most 255)")
+            if end - pos < n_len:
+                raise TruncatedError(f"{where}: truncated in the ima name ({n_len} claimed)")
             name = bytes(mv[pos : pos + n_len])
             pos += n_len
             td = d + name.ljust(256, b"\0")
         else:
             if end - pos < 4:
-                raise FormatError(f"{where}: truncated before the template data length")
+                raise TruncatedError(f"{where}: truncated before the template data length")
             (td_len,) = unpack(mv, pos)
             pos += 4
             if td_len > MAX_TEMPLATE_DATA:
                 raise FormatError(f"{where}: template data length {td_len} is oversized")
             if end - pos < td_len:
-                raise FormatError(
+                raise TruncatedError(
                     f"{where}: truncated in the template data ({td_len} claimed, {end - pos} left)"
                 )
             td = bytes(mv[pos : pos + td_len])

@@ -40,6 +40,7 @@ __all__ = [
     "XattrType",
     "digest_value",
     "file_id",
+    "is_signature",
     "parse",
 ]
 
@@ -243,6 +244,19 @@ class SignatureValue:
 
 ImaValue = DigestValue | DigestNgValue | HmacValue | SignatureValue
 
+IMA_SIGNATURE_TYPES = frozenset({XattrType.EVM_IMA_XATTR_DIGSIG, XattrType.IMA_VERITY_DIGSIG})
+"""The ``security.ima`` value types that are file signatures (0x03 and 0x06)."""
+
+
+def is_signature(value: bytes | None) -> bool:
+    """True when a ``security.ima`` value is a file signature: 0x03 (v2) or 0x06 (v3).
+
+    Judged by the type byte alone, as the kernel does when it fills the ``sig`` template
+    field (``ima_eventsig_init``) and keeps signed files immutable; whether the signature
+    parses or verifies is another question. The one such test in imaguard.
+    """
+    return bool(value) and value is not None and value[0] in IMA_SIGNATURE_TYPES
+
 
 def parse(data: bytes) -> ImaValue:
     """Parse any ``security.ima`` / ``security.evm`` value by its type byte."""
@@ -260,9 +274,13 @@ def parse(data: bytes) -> ImaValue:
 
 
 def digest_value(algorithm: HashAlgo, digest: bytes) -> DigestValue | DigestNgValue:
-    """The hash value the kernel writes for ``algorithm``: 0x01 for md4/md5/sha1, else 0x04.
+    """The hash value to store for ``algorithm``: 0x01 for md5 and sha1, 0x04 otherwise.
 
-    This is also what ``evmctl ima_hash`` writes, so the bytes compare equal.
+    The kernel's ``ima_fix_xattr`` (security/integrity/ima/ima_appraise.c) writes 0x01 for
+    every algorithm id up to ``HASH_ALGO_SHA1`` and 0x04 above it; ``evmctl ima_hash`` does
+    the same, so the bytes compare equal. Of those ids, md4 (id 0) is refused here: a
+    16-byte 0x01 value reads back as md5 (``ima_get_hash_algo`` tells md5 from sha1 by the
+    value's length alone), so an md4 value could never be appraised.
     """
     if len(digest) != algorithm.digest_size:
         raise FormatError(
@@ -270,7 +288,9 @@ def digest_value(algorithm: HashAlgo, digest: bytes) -> DigestValue | DigestNgVa
         )
     if algorithm.id <= 2:
         if algorithm.name == "md4":
-            raise FormatError("md4 digests cannot be stored in a 0x01 value")
+            raise FormatError(
+                "md4 digests cannot be stored: a 16-byte 0x01 value reads back as md5"
+            )
         return DigestValue(digest)
     return DigestNgValue(algorithm, digest)
 

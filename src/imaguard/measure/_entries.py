@@ -25,6 +25,7 @@ from imaguard.formats.template import (
     encode_digest_ng,
     encode_name,
 )
+from imaguard.formats.xattr import is_signature
 
 __all__ = [
     "algorithm_for_value",
@@ -118,7 +119,7 @@ def entry_for_open_file(
     if "d" in template.fields:
         # The legacy d field is always a SHA-1 digest: re-hash when the algorithm differs.
         sha1 = digest.value if algo.name == "sha1" else hasher(hashalgo.by_name("sha1")).value
-    sig = value if value is not None and value[:1] in (b"\x03", b"\x06") else b""
+    sig = value if value is not None and is_signature(value) else b""
     name = os.fsencode(os.path.realpath(ref.path)) if ref.path is not None else ref.name.encode()
     return TemplateEntry(
         pcr, template, _fields(template, name, algo, digest.value, sha1, sig, b"", ref.st)
@@ -133,12 +134,20 @@ def file_entry(
     pcr: int = 10,
     store: SignatureStore | str | None = None,
 ) -> TemplateEntry:
-    """Measure one file and fill ``template`` (FileChangedError if it changes while hashed)."""
+    """Measure one file and fill ``template`` (FileChangedError if it changes while hashed).
+
+    A filesystem without extended attributes holds no value, so the entry carries no
+    signature (as the kernel's). Any other store failure (an unreadable or oversized
+    ``.sig``, a permission error) raises :class:`~imaguard.StoreError`: an ``ima-sig``
+    entry silently logged without the signature that exists would be a lie.
+    """
     st_store = store_for(store) if store is None or isinstance(store, str) else store
     with open_target(path) as ref:
         try:
             value = st_store.read(ref)
-        except StoreError:
+        except StoreError as e:
+            if not e.unsupported:
+                raise
             value = None  # no xattr support: measure without a signature
         return entry_for_open_file(
             ref,

@@ -38,7 +38,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from imaguard.errors import BackendError, FormatError, LogIntegrityError, UsageError
+from imaguard._fsutil import atomic_write
+from imaguard.errors import (
+    BackendError,
+    FormatError,
+    LogIntegrityError,
+    TruncatedError,
+    UsageError,
+)
 from imaguard.formats.measurelist import RawRecord, iter_binary, parse_binary, serialize_record
 from imaguard.formats.template import TEMPLATES, TemplateDescriptor, TemplateEntry
 from imaguard.measure._pcr import (
@@ -48,7 +55,8 @@ from imaguard.measure._pcr import (
     boot_aggregate_entry,
     check_banks,
 )
-from imaguard.measure._tpm import TpmPcrs, open_tpm
+from imaguard.measure._replay import Replay
+from imaguard.measure._tpm import open_tpm
 
 __all__ = ["AppendResult", "LogStore", "OpenReport"]
 
@@ -61,10 +69,13 @@ STATE_VERSION = 1
 
 @dataclass(frozen=True)
 class AppendResult:
+    """What :meth:`LogStore.append` did with one entry."""
+
     index: int | None
     """Position in the log, or None when the entry was a duplicate and not added."""
     added: bool
     reason: str = ""
+    """Why it was not added (``hash_exists``: the kernel's duplicate rule)."""
 
 
 @dataclass(frozen=True)
@@ -153,7 +164,7 @@ class LogStore:
                 f"{self.dir}: the log was kept for banks {list(stored_banks)}, "
                 f"now {list(self.banks)}"
             )
-        reset_count = self.backend.reset_count() if isinstance(self.backend, TpmPcrs) else None
+        reset_count = self.backend.reset_count() if self.backend is not None else None
         if state and reset_count is not None and state.get("tpm_reset_count") != reset_count:
             raise LogIntegrityError(
                 f"{self.dir}: TPM {tpm} was reset since this log began (reset count "
@@ -186,16 +197,11 @@ class LogStore:
             self.append(boot_aggregate_entry(desc, self.backend, ima_hash))
 
     def _write_state(self, state: dict[str, Any]) -> None:
-        tmp = self.dir / f".{STATE_NAME}.tmp"
-        tmp.write_text(json.dumps(state, indent=2) + "\n")
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, self.dir / STATE_NAME)
-        dfd = os.open(self.dir, os.O_RDONLY)
+        path = self.dir / STATE_NAME
         try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+            atomic_write(path, (json.dumps(state, indent=2) + "\n").encode(), mode=0o644)
+        except OSError as e:
+            raise BackendError(f"{path}: cannot write the state: {e.strerror or e}") from e
 
     def _replay(self) -> OpenReport:
         data = os.pread(self._fd, os.fstat(self._fd).st_size, 0)
@@ -211,7 +217,7 @@ class LogStore:
             # torn tail; anything else is damage, and nothing is truncated.
             tail = data[good_end:]
             zeros = not any(tail)
-            if not zeros and ("truncated" not in str(e) or _holds_a_record(tail, records)):
+            if not zeros and (not isinstance(e, TruncatedError) or _holds_a_record(tail, records)):
                 raise LogIntegrityError(
                     f"{self.dir / LOG_NAME}: {e}; the log is damaged and was left as it is"
                 ) from e
@@ -225,45 +231,40 @@ class LogStore:
             )
             os.ftruncate(self._fd, good_end)
             os.fsync(self._fd)
-        entries = [e.entry for e in parse_binary(data[:good_end], "sha1")]
-        for rec, entry in zip(records, entries, strict=True):
-            if not rec.violation and entry.template_digest("sha1") != rec.digest:
+        # Every record's fields must parse (the entries are read back later); the replay
+        # itself runs on the raw records, through the one replay core.
+        parse_binary(data[:good_end], "sha1")
+        target = None
+        if self.backend is not None:
+            used = sorted({r.pcr for r in records}) or [10]
+            target = self.backend.read(used)
+        replay = Replay(self.banks, digest_bank="sha1", expected=target)
+        for rec in records:
+            if not replay.step(rec):
                 raise LogIntegrityError(
                     f"{self.dir / LOG_NAME}: entry {rec.index}: stored template digest does not "
                     "match its data (the log was altered)"
                 )
+            if not rec.violation:
+                self._seen.add((rec.digest, rec.pcr))
+        self.soft.values = {b: list(replay.pcrs[b]) for b in self.banks}
+        self._count = len(records)
         replayed = 0
-        target = None
-        if self.backend is not None:
-            used = sorted({e.pcr for e in entries}) or [10]
-            target = self.backend.read(used)
-        # Replay in software; find where the TPM stands.
-        tpm_at: int | None = 0 if target is not None and self._matches(target) else None
-        for i, entry in enumerate(entries):
-            self.soft.extend_entry(entry)
-            if not entry.violation:
-                self._seen.add((entry.template_digest("sha1"), entry.pcr))
-            if target is not None and self._matches(target):
-                tpm_at = i + 1
-        self._count = len(entries)
         if target is not None:
+            # Where the TPM stands: the last prefix of the log whose replay equals it.
+            tpm_at = replay.matched_at
             if tpm_at is None:
                 raise LogIntegrityError(
                     f"{self.dir}: the log's replay does not match TPM {self.tpm} (the TPM was "
                     "reset, extended by someone else, or the log is not this TPM's); refused"
                 )
-            if tpm_at < len(entries):
+            if tpm_at < len(records):
                 assert self.backend is not None
-                for entry in entries[tpm_at:]:
-                    self.backend.extend(entry.pcr, {b: entry.extend_value(b) for b in self.banks})
+                for rec in records[tpm_at:]:
+                    self.backend.extend(rec.pcr, Replay.extend_values(rec, self.banks))
                     replayed += 1
                 _log.info("%s: extended %d logged entries the TPM had missed", self.dir, replayed)
-        return OpenReport(len(entries), torn, replayed)
-
-    def _matches(self, target: dict[str, dict[int, bytes]]) -> bool:
-        return all(
-            self.soft.values[b][i] == v for b, vals in target.items() for i, v in vals.items()
-        )
+        return OpenReport(len(records), torn, replayed)
 
     # -- appending -----------------------------------------------------------------------
     def __len__(self) -> int:

@@ -58,6 +58,11 @@ class PcrBackend(Protocol):
         """Extend one PCR in every bank given (bank -> value of that bank's size)."""
         ...
 
+    def reset_count(self) -> int | None:
+        """How many times the PCRs were reset (a TPM's resetCount: grows with every
+        reboot), or None when the backend has no such counter (software PCRs)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -85,6 +90,10 @@ class SoftwarePcrs:
         for bank, value in digests.items():
             vals = self.values[bank]
             vals[pcr] = hashlib.new(bank, vals[pcr] + value).digest()
+
+    def reset_count(self) -> int | None:
+        """None: software PCRs live as long as the process; they have no reset counter."""
+        return None
 
     def extend_entry(self, entry: TemplateEntry) -> None:
         self.extend(entry.pcr, {b: entry.extend_value(b) for b in self._banks})

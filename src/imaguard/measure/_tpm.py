@@ -32,6 +32,23 @@ def _pytss() -> Any:
     return tpm2_pytss
 
 
+_TPM_LAYERS = (0, 11 << 16)
+"""Response-code layers that carry a TPM's own code: the TPM, and a resource manager
+passing the TPM's answer on (TSS2_TPM_RC_LAYER, TSS2_RESMGR_TPM_RC_LAYER in tss2_common.h)."""
+
+
+def _already_started(t: Any, e: BaseException) -> bool:
+    """True for TPM2_RC_INITIALIZE (0x100): TPM2_Startup on a TPM that is started already.
+
+    Decided by the response code, never by the message text; every other start-up
+    failure is a BackendError.
+    """
+    if not isinstance(e, t.TSS2_Exception):
+        return False
+    rc = int(e.rc)
+    return (rc & 0xFF0000) in _TPM_LAYERS and (rc & 0xFFFF) == int(t.TPM2_RC.INITIALIZE)
+
+
 class TpmPcrs:
     """PCRs of a TPM 2.0, read and extended through ESAPI."""
 
@@ -46,8 +63,11 @@ class TpmPcrs:
             raise BackendError(f"TPM {tcti}: cannot connect ({e})") from e
         try:
             self._esys.startup(t.TPM2_SU.CLEAR)
-        except Exception as e:  # TPM_RC_INITIALIZE: already started, harmless
-            _log.debug("TPM startup: %s", e)
+        except Exception as e:
+            if not _already_started(t, e):
+                self._esys.close()
+                raise BackendError(f"TPM {tcti}: start-up failed ({e})") from e
+            _log.debug("TPM startup: already started")
         self._banks = self._read_banks()
 
     def _call(self, what: str, fn: Any, *args: Any) -> Any:

@@ -11,17 +11,19 @@ every problem, not just the first. The checks:
 * ``boot-aggregate``: the first entry is not boot_aggregate;
 * ``signature-invalid`` / ``unknown-key`` / ``signature-malformed``: an ima-sig signature
   does not verify against the keyring;
+* ``signature-unsupported``: this OpenSSL cannot verify the signature's algorithm (nothing
+  was judged);
 * ``excluded`` never appears; ``not-in-policy`` / ``digest-not-allowed``: the runtime policy
   (Keylime's rules, keylime/ima/ima.py) does not allow an entry;
 * ``parse``: the log is malformed (verification stops there; everything before is judged).
 
-Replay follows the kernel (>= 5.8) and evmctl: each bank is extended with the template
-data hashed in that bank's algorithm, or 0xFF bytes for a violation.
+The replay is :class:`~imaguard.measure._replay.Replay`, the one the log store uses too:
+it follows the kernel (>= 5.8) and evmctl (each bank is extended with the template data
+hashed in that bank's algorithm, or 0xFF bytes for a violation).
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,13 +35,13 @@ from imaguard.crypto._keys import (
     load_public_key,
     verify_prehashed,
 )
-from imaguard.errors import FormatError, KeyLoadError
+from imaguard.errors import FormatError, KeyLoadError, UnsupportedAlgorithmError
 from imaguard.formats.hashalgo import by_id, by_name
 from imaguard.formats.keylime import RuntimePolicy
 from imaguard.formats.measurelist import RawRecord, iter_ascii, iter_binary, split_fields
 from imaguard.formats.template import TemplateDescriptor, decode_digest_field
 from imaguard.formats.xattr import SignatureValue
-from imaguard.measure._pcr import NUM_PCRS
+from imaguard.measure._replay import Replay
 
 __all__ = ["Finding", "VerifyResult", "records_from_ascii", "records_from_binary", "verify_records"]
 
@@ -48,6 +50,8 @@ _SIG_TEMPLATES = {"ima-sig", "ima-sigv2", "ima-modsig"}
 
 @dataclass(frozen=True)
 class Finding:
+    """One problem found in a log: its code (module doc), message, entry index and path."""
+
     code: str
     message: str
     index: int | None = None
@@ -59,6 +63,8 @@ class Finding:
 
 @dataclass(frozen=True)
 class VerifyResult:
+    """A log's verification: entries replayed, the PCR values they give, every finding."""
+
     entries: int
     pcrs: dict[str, dict[int, str]]
     findings: tuple[Finding, ...]
@@ -153,17 +159,9 @@ def verify_records(
     parse_error: Finding | None = None,
 ) -> VerifyResult:
     """Replay ``records`` and judge them (see the module doc for the findings)."""
-    banks = tuple(dict.fromkeys(banks))
-    if expected:
-        banks = tuple(dict.fromkeys((*banks, *expected)))
-    ctor = {b: getattr(hashlib, b) for b in banks}
-    check = getattr(hashlib, digest_bank)
-    ff = {b: b"\xff" * ctor[b]().digest_size for b in banks}
-    pcr = {b: [b"\0" * ctor[b]().digest_size] * NUM_PCRS for b in banks}
+    replay = Replay(banks, digest_bank=digest_bank, expected=expected)
+    banks = replay.banks
     findings: list[Finding] = []
-    exp = {b: dict(v) for b, v in (expected or {}).items()}
-    mismatched = sum(1 for b, vals in exp.items() for i, v in vals.items() if pcr[b][i] != v)
-    matched_at: int | None = 0 if exp and mismatched == 0 else None
     keys = _Keys()
     if keyring is not None:
         keys.add_keyring(keyring)
@@ -177,61 +175,25 @@ def verify_records(
                 findings.append(Finding("policy", f"verification-keys: {e}"))
     judge = runtime_policy is not None or keyring is not None
     descs: dict[str, TemplateDescriptor] = {}
-    # One step per bank: (constructor, that bank's PCRs, its 0xFF value, check the column?)
-    plan = [(ctor[b], pcr[b], ff[b], b == digest_bank) for b in banks]
-    separate_check = digest_bank not in banks
-    # Expected PCRs by index, so a record only re-checks the PCR it extended.
-    exp_by_pcr: dict[int, list[tuple[list[bytes], bytes, int]]] = {}
-    state: list[bool] = []
-    for b, vals in exp.items():
-        for i, v in vals.items():
-            exp_by_pcr.setdefault(i, []).append((pcr[b], v, len(state)))
-            state.append(pcr[b][i] == v)
     fast_digests = runtime_policy.digests if runtime_policy is not None else None
-    zero = b"\0" * getattr(hashlib, digest_bank)().digest_size
+    zero = replay.zero
+    step = replay.step
     count = 0
     for rec in records:
         count += 1
-        td = rec.template_data
-        dig = rec.digest
-        p = rec.pcr
-        viol = dig == zero
-        if viol:
-            if not ignore_violations:
-                findings.append(
-                    Finding("violation", "a ToMToU/open-writers violation record", rec.index)
+        viol = rec.digest == zero
+        if not step(rec):
+            findings.append(
+                Finding(
+                    "template-hash",
+                    "stored template digest does not match the template data",
+                    rec.index,
                 )
-            for c, chain, ffv, _ in plan:
-                chain[p] = c(chain[p] + ffv).digest()
-        else:
-            for c, chain, _, is_check in plan:
-                h = c(td).digest()
-                if is_check and h != dig:
-                    findings.append(
-                        Finding(
-                            "template-hash",
-                            "stored template digest does not match the template data",
-                            rec.index,
-                        )
-                    )
-                chain[p] = c(chain[p] + h).digest()
-            if separate_check and check(td).digest() != dig:
-                findings.append(
-                    Finding(
-                        "template-hash",
-                        "stored template digest does not match the template data",
-                        rec.index,
-                    )
-                )
-        watch = exp_by_pcr.get(p)
-        if watch is not None:
-            for chain, want, slot in watch:
-                now = chain[p] == want
-                if now != state[slot]:
-                    state[slot] = now
-                    mismatched += -1 if now else 1
-            if mismatched == 0:
-                matched_at = count
+            )
+        if viol and not ignore_violations:
+            findings.append(
+                Finding("violation", "a ToMToU/open-writers violation record", rec.index)
+            )
         if count == 1 and not viol:
             name = rec.name
             if name is None:
@@ -255,33 +217,16 @@ def verify_records(
                 # The common case inline: an ima-ng entry against the runtime policy.
                 path = nm.decode("utf-8", "surrogateescape")
                 if excl is None or not excl.match(path):
-                    allowed = fast_digests.get(path)
-                    if allowed is None:
-                        findings.append(
-                            Finding(
-                                "not-in-policy",
-                                f"{path} is not in the runtime policy",
-                                rec.index,
-                                path,
-                            )
-                        )
-                    else:
-                        hexd = rec.file_digest[1].hex()
-                        if hexd not in allowed:
-                            findings.append(
-                                Finding(
-                                    "digest-not-allowed",
-                                    f"{path}: digest {hexd} is not among the allowed digests",
-                                    rec.index,
-                                    path,
-                                )
-                            )
+                    _check_file_digest(
+                        fast_digests, path, rec.file_digest[1].hex(), rec.index, findings
+                    )
             else:
                 _judge(rec, descs, keys, keyring is not None, runtime_policy, excl, findings)
     if parse_error is not None:
         findings.append(parse_error)
     notes: list[str] = []
-    if exp and mismatched != 0:
+    matched_at = replay.matched_at
+    if replay.expecting and not replay.matches:
         if matched_at is not None and matched_at < count:
             if prefix_ok:
                 notes.append(
@@ -299,14 +244,12 @@ def verify_records(
                     )
                 )
         else:
-            given = ", ".join(f"{b}:{i}" for b, v in exp.items() for i in v)
+            given = ", ".join(f"{b}:{i}" for b, v in (expected or {}).items() for i in v)
             findings.append(
                 Finding("pcr-mismatch", f"the log never replays to the given PCR values ({given})")
             )
-    used = sorted(
-        {i for b in banks for i in range(NUM_PCRS) if pcr[b][i] != b"\0" * len(pcr[b][i])}
-    )
-    values = {b: {i: pcr[b][i].hex() for i in used} for b in banks}
+    used = replay.used()
+    values = {b: {i: replay.pcrs[b][i].hex() for i in used} for b in banks}
     return VerifyResult(count, values, tuple(findings), matched_at, tuple(notes))
 
 
@@ -322,27 +265,8 @@ def _judge(
     if rec.name is not None and rec.file_digest is not None:
         # Fast path: the ASCII reader already split out the name, digest and signature.
         path = rec.name.decode("utf-8", "surrogateescape")
-        if policy is not None and rec.sig is None and rec.template_name == "ima-ng":
-            if excl is not None and excl.match(path):
-                return
-            allowed = policy.digests.get(path)
-            hexd = rec.file_digest[1].hex()
-            if allowed is None:
-                findings.append(
-                    Finding(
-                        "not-in-policy", f"{path} is not in the runtime policy", rec.index, path
-                    )
-                )
-            elif hexd not in allowed:
-                findings.append(
-                    Finding(
-                        "digest-not-allowed",
-                        f"{path}: digest {hexd} is not among the allowed digests",
-                        rec.index,
-                        path,
-                    )
-                )
-            return
+        # (An ima-ng record judged against a runtime policy never gets here: verify_records
+        # checks it inline.)
         fields = {"sig": rec.sig or b"", "buf": rec.sig or b""}
         try:
             algo = by_name(rec.file_digest[0])
@@ -409,17 +333,25 @@ def _judge(
                 )
             )
         return
-    allowed = policy.digests.get(path)
+    _check_file_digest(policy.digests, path, hexd, rec.index, findings)
+
+
+def _check_file_digest(
+    digests: Mapping[str, Any], path: str, hexd: str, index: int, findings: list[Finding]
+) -> None:
+    """The runtime policy's file check (Keylime semantics): the path is listed, and the
+    digest is among its allowed digests. The one place this check is made."""
+    allowed = digests.get(path)
     if allowed is None:
         findings.append(
-            Finding("not-in-policy", f"{path} is not in the runtime policy", rec.index, path)
+            Finding("not-in-policy", f"{path} is not in the runtime policy", index, path)
         )
     elif hexd not in allowed:
         findings.append(
             Finding(
                 "digest-not-allowed",
                 f"{path}: digest {hexd} is not among the allowed digests",
-                rec.index,
+                index,
                 path,
             )
         )
@@ -477,8 +409,13 @@ def _check_signature(
                 Finding("unknown-key", f"no key with id {value.key_id:08x}", rec.index, path)
             )
         return False
-    if any(verify_prehashed(k, value.algorithm, digest, value.signature) for k in candidates):
-        return True
+    try:
+        if any(verify_prehashed(k, value.algorithm, digest, value.signature) for k in candidates):
+            return True
+    except UnsupportedAlgorithmError as e:
+        # Not judged: reported as its own finding, never as an invalid signature.
+        findings.append(Finding("signature-unsupported", str(e), rec.index, path))
+        return False
     if strict:
         findings.append(Finding("signature-invalid", "signature does not verify", rec.index, path))
     return False

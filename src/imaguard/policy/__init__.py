@@ -3,7 +3,7 @@
 See docs/architecture.md ("Many policies side by side") for the multi-policy semantics.
 """
 
-from imaguard.policy._ast import Action, IdCondition, Rule
+from imaguard.policy._ast import ACTION_KINDS, Action, IdCondition, Rule
 from imaguard.policy._builtin import BUILTIN_NAMES, Builtin, builtin_policy
 from imaguard.policy._compiled import CompiledPolicy
 from imaguard.policy._evaluate import (
@@ -26,6 +26,7 @@ from imaguard.policy._policyset import (
 )
 
 __all__ = [
+    "ACTION_KINDS",
     "BUILTIN_NAMES",
     "Action",
     "Builtin",

@@ -25,7 +25,6 @@ __all__ = [
     "FILE_HOOKS",
     "KERNEL_FUNCS",
     "MASKS",
-    "TEMPLATES",
     "Action",
     "IdCondition",
     "Rule",
@@ -34,6 +33,8 @@ __all__ = [
 
 
 class Action(StrEnum):
+    """A rule's action, as the kernel's policy grammar spells it (``dont_X`` stops ``X``)."""
+
     MEASURE = "measure"
     DONT_MEASURE = "dont_measure"
     APPRAISE = "appraise"
@@ -100,18 +101,6 @@ def mask_names(mask: int) -> list[str]:
     """The MAY_* names of the bits set in ``mask``, in the kernel's print order."""
     return [name for name, bit in MASKS.items() if mask & bit]
 
-
-TEMPLATES = {
-    "ima": "d|n",
-    "ima-ng": "d-ng|n-ng",
-    "ima-ngv2": "d-ngv2|n-ng",
-    "ima-sig": "d-ng|n-ng|sig",
-    "ima-sigv2": "d-ngv2|n-ng|sig",
-    "ima-buf": "d-ng|n-ng|buf",
-    "ima-modsig": "d-ng|n-ng|sig|d-modsig|modsig",
-    "evm-sig": "d-ng|n-ng|evmsig|xattrnames|xattrlengths|xattrvalues|iuid|igid|imode",
-}
-"""The kernel's built-in template descriptors: name -> field format."""
 
 LSM_FIELDS = ("obj_user", "obj_role", "obj_type", "subj_user", "subj_role", "subj_type")
 """LSM conditions in the kernel's match and print order."""

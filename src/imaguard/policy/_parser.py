@@ -29,6 +29,7 @@ from typing import Literal
 
 from imaguard.errors import PolicyError
 from imaguard.formats.hashalgo import ALGORITHMS
+from imaguard.formats.template import TEMPLATES
 from imaguard.policy._ast import (
     FILE_HOOKS,
     FUNC_ALIASES,
@@ -36,7 +37,6 @@ from imaguard.policy._ast import (
     MASKS,
     POLICY_FUNCS,
     READ_HOOKS,
-    TEMPLATES,
     Action,
     IdCondition,
     Rule,
@@ -367,7 +367,7 @@ class _RuleBuilder:
         name = (
             value
             if value in TEMPLATES
-            else next((n for n, fmt in TEMPLATES.items() if fmt == value), None)
+            else next((n for n, fields in TEMPLATES.items() if "|".join(fields) == value), None)
         )
         if name is None:
             raise _RuleError(col, f"unknown template {value!r} (known: {', '.join(TEMPLATES)})")

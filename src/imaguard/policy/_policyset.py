@@ -46,13 +46,31 @@ MAX_POLICY_FILE = 16 << 20
 
 
 class Lock(StrEnum):
+    """How a policy in a :class:`PolicySet` may change, from loosest to strictest.
+
+    Whatever the lock, every change must carry a higher version than the policy has
+    (rollback is refused), and a lock can only be made stricter (:meth:`PolicySet.set_lock`).
+    A change the lock does not allow raises :class:`~imaguard.PolicyLockedError`.
+    """
+
     OPEN = "open"
+    """Any change: :meth:`~PolicySet.replace`, :meth:`~PolicySet.append`,
+    :meth:`~PolicySet.update_file`, :meth:`~PolicySet.remove`."""
     APPEND_ONLY = "append-only"
+    """Rules may only be added after the existing ones, which stay as they are, in order;
+    the policy cannot be removed."""
     SIGNED_ONLY = "signed-only"
+    """Changes come only as a policy file whose ``security.ima`` signature verifies against
+    the set's ``policy_keyring`` and that carries ``#@ version N`` inside the signed bytes
+    (:meth:`~PolicySet.add_file`, :meth:`~PolicySet.update_file`), as the kernel's
+    ``POLICY_CHECK`` appraisal of a policy file; never by :meth:`~PolicySet.replace`, and
+    the policy cannot be removed."""
     SEALED = "sealed"
+    """No change at all until the process restarts; the policy cannot be removed."""
 
     @property
     def rank(self) -> int:
+        """Strictness: open 0 < append-only 1 < signed-only 2 < sealed 3."""
         return list(Lock).index(self)
 
 
@@ -71,6 +89,9 @@ class Provenance:
 
 @dataclass(frozen=True)
 class MeasureTarget:
+    """One measurement a policy demands: into which PCR, with which template (None: the
+    log's default)."""
+
     policy: str
     pcr: int
     template: str | None
@@ -238,7 +259,20 @@ def combine(decisions: list[tuple[str, PolicyDecision, bool]]) -> SetDecision:
 
 
 class PolicySet:
-    """Named policies, each with an owner, a lock and a version; evaluated side by side."""
+    """Named policies, each with an owner, a lock and a version; evaluated side by side.
+
+    Each policy is evaluated on its own with the kernel's rules (first match per action
+    kind, ``dont_X`` stops only that policy's later ``X`` rules); :meth:`evaluate` returns
+    the union of what they demand, appraisal requirements combined to the strictest and
+    impossible combinations failing closed (see the module doc), with the policy and rule
+    behind every action.
+
+    Lifecycle: :meth:`add` / :meth:`add_file`, then :meth:`replace`, :meth:`append`,
+    :meth:`update_file` and :meth:`remove` as each policy's :class:`Lock` allows;
+    :meth:`set_lock` only tightens. ``policy_keyring`` is the keyring signed-only policy
+    files must verify against. ``appraise_enabled=False`` makes appraise rules inert
+    (the kernel's ``ima_appraise=off``).
+    """
 
     def __init__(
         self, *, policy_keyring: Keyring | None = None, appraise_enabled: bool = True
@@ -256,15 +290,19 @@ class PolicySet:
         return iter(self._entries)
 
     def names(self) -> list[str]:
+        """The policies' names, in the order they were added."""
         return list(self._entries)
 
     def policy(self, name: str) -> Policy:
+        """The named policy (PolicyError if there is none)."""
         return self._get(name).policy
 
     def version(self, name: str) -> int:
+        """The named policy's version: every change must raise it."""
         return self._get(name).version
 
     def lock(self, name: str) -> Lock:
+        """The named policy's lock."""
         return self._get(name).lock
 
     def _get(self, name: str) -> _Entry:
@@ -403,6 +441,7 @@ class PolicySet:
         self._combined.clear()
 
     def remove(self, name: str) -> None:
+        """Remove a policy; only an open one can be removed."""
         entry = self._get(name)
         if entry.lock is not Lock.OPEN:
             raise PolicyLockedError(f"{name}: a {entry.lock} policy cannot be removed")
@@ -486,6 +525,7 @@ class PolicySet:
         )
 
     def evaluate(self, req: Request) -> SetDecision:
+        """What the set demands for one request (hook, mask, subject, object)."""
         decisions = [
             (e.name, e.compiled.evaluate(req), e.fail_securely) for e in self._entries.values()
         ]

@@ -13,7 +13,6 @@ import pytest
 import imaguard
 from helpers import needs_root
 from helpers.core import EVIL, edit_in_place_keep_mtime, write_policy
-from imaguard.appraise import _cache as verdict_cache
 from imaguard.appraise import _calls as calls_mod
 from imaguard.core import Guard
 from imaguard.core import _guard as guard_mod
@@ -221,24 +220,22 @@ def test_direct_appraise_does_not_cache_unless_asked(
     assert len(count_hashes) == 3
 
 
-def test_direct_appraise_cache_true_caches_and_rechecks_a_changed_file(
+def test_direct_appraise_with_a_callers_cache_caches_and_rechecks_a_changed_file(
     signed: Path, rsa_ring: imaguard.Keyring, count_hashes: list[str]
 ) -> None:
-    verdict_cache.DEFAULT_CACHE.clear()
-    hits = verdict_cache.DEFAULT_CACHE.hits
-    first = imaguard.appraise(signed, rsa_ring, cache=True)
-    second = imaguard.appraise(signed, rsa_ring, cache=True)
+    cache = imaguard.VerdictCache()
+    first = imaguard.appraise(signed, rsa_ring, cache=cache)
+    second = imaguard.appraise(signed, rsa_ring, cache=cache)
     assert first.passed
     assert second.passed
     assert len(count_hashes) == 1
-    assert verdict_cache.DEFAULT_CACHE.hits == hits + 1
+    assert cache.hits == 1
 
     edit_in_place_keep_mtime(signed, EVIL)
-    changed = imaguard.appraise(signed, rsa_ring, cache=True)
+    changed = imaguard.appraise(signed, rsa_ring, cache=cache)
     assert changed.passed is False
     assert changed.cause == "invalid-signature"
     assert len(count_hashes) == 2
-    verdict_cache.DEFAULT_CACHE.clear()
 
 
 # -- persistence -------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from imaguard.formats.xattr import (
     XattrType,
     digest_value,
     file_id,
+    is_signature,
     parse,
 )
 
@@ -557,8 +558,11 @@ def test_digest_value_every_other_algorithm_is_0x04(algo: HashAlgo) -> None:
 
 
 def test_digest_value_md4_refused() -> None:
-    with pytest.raises(imaguard.FormatError, match="md4"):
+    # ima_fix_xattr and evmctl would write md4 as 0x01 (ids up to sha1), but a 16-byte 0x01
+    # value is md5 when read back (ima_get_hash_algo): the error says why.
+    with pytest.raises(imaguard.FormatError, match=r"md4.*reads back as md5"):
         digest_value(by_name("md4"), bytes(16))
+    assert parse(b"\x01" + bytes(16)).algorithm is MD5  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize(
@@ -709,3 +713,39 @@ def test_property_arbitrary_bytes_parse_or_format_error(raw: bytes) -> None:
 @given(near_valid_bytes())
 def test_property_near_valid_bytes_parse_or_format_error(raw: bytes) -> None:
     _check_arbitrary(raw)
+
+
+# --- is_signature: the one "is a signature" test ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (b"\x03\x02\x04" + bytes(7), True),
+        (b"\x06\x03\x04" + bytes(7), True),
+        (b"\x03", True),  # by type byte alone, as the kernel's sig field
+        (b"\x05\x02\x04" + bytes(7), False),  # portable EVM: not an IMA file signature
+        (b"\x04\x04" + bytes(32), False),
+        (b"\x01" + bytes(20), False),
+        (b"\x02" + bytes(20), False),
+        (b"", False),
+        (None, False),
+    ],
+)
+def test_is_signature(value: bytes | None, expected: bool) -> None:
+    assert is_signature(value) is expected
+
+
+def test_no_other_module_tests_signature_type_bytes_itself() -> None:
+    import pathlib
+
+    import imaguard as pkg
+
+    src = pathlib.Path(pkg.__file__).parent
+    needles = ('in (b"\\x03", b"\\x06")', "in (0x03, 0x05, 0x06)", 'in (b"\\x03", b"\\x05"')
+    hits = [
+        str(p.relative_to(src))
+        for p in src.rglob("*.py")
+        if p.parent.name != "cli" and any(n in p.read_text() for n in needles)
+    ]
+    assert hits == []
