@@ -43,7 +43,7 @@ BPRM = req("BPRM_CHECK", "MAY_EXEC", uid=0, fowner=0, fsmagic=0xEF53)
 
 
 def test_policy_errors_are_public() -> None:
-    # the brief and DESIGN §4 name imaguard.PolicyError / imaguard.PolicyLockedError
+    # docs/architecture.md names imaguard.PolicyError / imaguard.PolicyLockedError
     assert imaguard.PolicyError is PolicyError  # type: ignore[attr-defined]
     assert imaguard.PolicyLockedError is PolicyLockedError  # type: ignore[attr-defined]
     assert "PolicyError" in imaguard.__all__
