@@ -11,8 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-
-from imaguard.enforce import FanotifyGroup
 from tests.system.enforce.conftest import (
     EXEC_SNIPPET,
     copy_true,
@@ -21,6 +19,8 @@ from tests.system.enforce.conftest import (
     refused_eperm,
     sign,
 )
+
+from imaguard.enforce import FanotifyGroup
 
 pytestmark = pytest.mark.root
 

@@ -44,12 +44,14 @@ def test_several_records_in_one_buffer() -> None:
     assert (a.mask, a.fd, a.pid, a.pidfd) == (FAN_OPEN_EXEC_PERM, 7, 100, None)
     assert (b.mask, b.fd, b.pid, b.pidfd) == (FAN_OPEN_PERM, 8, 101, 9)
     assert len(pack_event(FAN_OPEN_PERM, 1, 1)) == 24
-    assert a.permission and not a.overflow
+    assert a.permission
+    assert not a.overflow
 
 
 def test_overflow_marker() -> None:
     (ev,) = parse_events(pack_event(0x4000, FAN_NOFD, 0))
-    assert ev.overflow and not ev.permission
+    assert ev.overflow
+    assert not ev.permission
 
 
 def test_bad_version_keeps_the_records_before_it() -> None:
@@ -293,9 +295,11 @@ def test_worker_exception_denies(tmp_path: Path, other_pid: int) -> None:
         deadline = time.monotonic() + 5
         while not seen and time.monotonic() < deadline:
             time.sleep(0.01)
-    assert seen[0].reason == "error" and not seen[0].allowed
-    assert enf.stats().denied == 1 and enf.stats().events == 1
-    with pytest.raises(OSError):
+    assert seen[0].reason == "error"
+    assert not seen[0].allowed
+    assert enf.stats().denied == 1
+    assert enf.stats().events == 1
+    with pytest.raises(OSError, match="Bad file descriptor"):
         os.fstat(fd)  # the worker closed the event fd
     g.close()
 
@@ -311,7 +315,8 @@ def test_permissive_answers_allow_and_reports_the_override(tmp_path: Path, other
         deadline = time.monotonic() + 5
         while not seen and time.monotonic() < deadline:
             time.sleep(0.01)
-    assert seen[0].allowed and seen[0].permissive_override
+    assert seen[0].allowed
+    assert seen[0].permissive_override
     assert g.ignored == []  # never a kernel-side cache for a would-deny
     g.close()
 
