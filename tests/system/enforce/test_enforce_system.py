@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from tests.system.enforce.conftest import (
     EXEC_SNIPPET,
+    POLICY,
     copy_true,
     enforcer,
     exec_result,
@@ -261,3 +262,82 @@ def test_permissive_allows_and_reports(env) -> None:  # type: ignore[no-untyped-
         assert rows[0]["allowed"]
         assert rows[0]["override"]
         assert d.stats()["ignore_marks"] == 0
+
+
+_MMAP_WRITE = (
+    "import mmap, os, sys\n"
+    "fd = os.open(sys.argv[1], os.O_RDWR)\n"
+    "m = mmap.mmap(fd, 0)\n"
+    "m[-64:-56] = b'\\0' * 8\n"
+    "m.flush()\n"
+    "m.close()\n"
+    "os.close(fd)\n"
+)
+
+
+def test_shared_mmap_write_with_exec_only_marks_is_refused(env) -> None:  # type: ignore[no-untyped-def]
+    """open_marks=False: the writer's open reaches the daemon and drops the exec mark."""
+    mnt, _key, cert, tmp, good, _bad = env
+    with enforcer(mnt, cert, tmp, "--no-open-marks") as d:
+        assert exec_result([str(good)]).returncode == 0
+        assert d.stats()["ignore_marks"] >= 1
+        assert run([sys.executable, "-c", _MMAP_WRITE, str(good)]).returncode == 0
+        assert refused_eperm(exec_result([str(good)]))
+
+
+def test_shared_mmap_write_under_open_marks_is_the_documented_gap(env) -> None:  # type: ignore[no-untyped-def]
+    """open_marks=True (default): a write open of a cached file is ignored by the kernel and
+    a shared-mmap write raises no modify event, so the stale mark stands until flushed."""
+    mnt, _key, cert, tmp, good, _bad = env
+    with enforcer(mnt, cert, tmp) as d:
+        assert exec_result([str(good)]).returncode == 0
+        events = d.stats()["events"]
+        assert run([sys.executable, "-c", _MMAP_WRITE, str(good)]).returncode == 0
+        assert d.stats()["events"] == events  # the daemon saw nothing
+        assert exec_result([str(good)]).returncode == 0  # the gap: modified bytes ran
+        d.flush()  # a flush (reload) drops the mark; the change cookie catches the edit
+        assert refused_eperm(exec_result([str(good)]))
+
+
+def test_no_ignore_mark_while_a_writer_holds_the_file(env) -> None:  # type: ignore[no-untyped-def]
+    mnt, key, cert, tmp, _good, _bad = env
+    lib = mnt / "lib.so"
+    shutil.copy2("/bin/true", lib)  # an ET_DYN object: read-only opens are MMAP_CHECK
+    sign(lib, key)
+    hold = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import os,sys; fd=os.open(sys.argv[1], os.O_RDWR); "
+            "print('open', flush=True); sys.stdin.read()",
+            str(lib),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    # no measure rule: a verified read-only open could otherwise be cached for every hook
+    policy = "".join(x + "\n" for x in POLICY.splitlines() if not x.startswith("measure"))
+    try:
+        with enforcer(mnt, cert, tmp, policy=policy) as d:
+            assert hold.stdout is not None
+            # the writer opened before the mark: the daemon cannot have seen that open
+            assert hold.stdout.readline().strip() == "open"
+            before = d.stats()
+            assert run(["dd", f"if={lib}", "of=/dev/null", "status=none"]).returncode == 0
+            after = d.stats()
+            assert after["allowed"] > before["allowed"]
+            assert after["ignore_marks"] == before["ignore_marks"]
+            rows = [x for x in d.decisions() if x["path"] == str(lib)]
+            assert rows[-1]["hook"] == "MMAP_CHECK"
+            hold.stdin.close()  # the writer goes away: now the read may be cached
+            assert hold.wait(10) == 0
+            assert run(["dd", f"if={lib}", "of=/dev/null", "status=none"]).returncode == 0
+            assert d.stats()["ignore_marks"] == after["ignore_marks"] + 1
+    finally:
+        assert hold.stdin is not None
+        if not hold.stdin.closed:
+            hold.stdin.close()
+        hold.wait(10)
+        if hold.stdout is not None:
+            hold.stdout.close()
