@@ -11,7 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.system.enforce.conftest import (
+
+from imaguard.enforce import FanotifyGroup
+
+from .conftest import (
     EXEC_SNIPPET,
     copy_true,
     enforcer,
@@ -19,8 +22,6 @@ from tests.system.enforce.conftest import (
     refused_eperm,
     sign,
 )
-
-from imaguard.enforce import FanotifyGroup
 
 pytestmark = pytest.mark.root
 

@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from tests.system.enforce.conftest import (
+
+from .conftest import (
     EXEC_SNIPPET,
     POLICY,
     copy_true,
