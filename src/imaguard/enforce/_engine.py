@@ -65,8 +65,8 @@ Other limits, stated plainly:
 
 from __future__ import annotations
 
-import contextlib
 import collections
+import contextlib
 import errno
 import fcntl
 import logging
