@@ -29,6 +29,7 @@ from imaguard.appraise.batch import Outcome, Result
 from imaguard.appraise.calls import Require
 from imaguard.appraise.store import STORE_NAMES, SidecarStore, SignatureStore, store_for
 from imaguard.appraise.verdict import Cause, Status, Verdict
+from imaguard.cli import _daemon
 from imaguard.crypto.keytypes import KEY_TYPES
 from imaguard.errors import Error
 from imaguard.formats import hashalgo
@@ -205,6 +206,10 @@ def cli(ctx: click.Context, verbose: int) -> None:
     """imaguard: sign, verify and hash files the way the kernel's IMA and evmctl do."""
     _configure_logging(verbose)
     ctx.obj = {"verbose": verbose}
+
+
+cli.add_command(_daemon.daemon)
+cli.add_command(_daemon.status)
 
 
 @cli.group()
