@@ -60,7 +60,8 @@ class AuditSink:
         if now - self._checked < 1.0:
             return False
         self._checked = now
-        assert self.path is not None and self._fd is not None
+        assert self.path is not None
+        assert self._fd is not None
         try:
             st = os.stat(self.path)
         except FileNotFoundError:

@@ -25,9 +25,7 @@ from .conftest import MINIMAL
 WriteConfig = Callable[[str], Path]
 
 
-def test_every_key(
-    tmp_path: Path, write_config: WriteConfig, keys_dir: dict[str, Path]
-) -> None:
+def test_every_key(tmp_path: Path, write_config: WriteConfig, keys_dir: dict[str, Path]) -> None:
     for d in ("keys", "pkeys"):
         (tmp_path / d).mkdir()
         shutil.copy(keys_dir["ecdsa-p256"] / "cert.der", tmp_path / d / "cert.der")
@@ -202,7 +200,11 @@ def test_bad_value_names_the_key_and_file(key: str, text: str, write_config: Wri
 
 BUILD_BAD = [
     ("policy[0].file", '[[policy]]\nname = "p"\nfile = "absent.policy"\n', None),
-    ("policy[0].file", '[[policy]]\nname = "p"\nfile = "bad.policy"\n', "frobnicate func=BPRM_CHECK\n"),
+    (
+        "policy[0].file",
+        '[[policy]]\nname = "p"\nfile = "bad.policy"\n',
+        "frobnicate func=BPRM_CHECK\n",
+    ),
     ("policy[0].builtin", '[[policy]]\nname = "p"\nbuiltin = "nope"\n', None),
     ("policy[0].rules", '[[policy]]\nname = "p"\nrules = "measure fowner=abc"\n', None),
     (
