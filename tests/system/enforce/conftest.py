@@ -162,7 +162,7 @@ def copy_true(dst: Path) -> Path:
     return dst
 
 
-_EXEC = (
+EXEC_SNIPPET = (
     "import os, sys\n"
     "try:\n"
     "    os.execv(sys.argv[1], sys.argv[1:])\n"
@@ -174,7 +174,7 @@ _EXEC = (
 
 def exec_result(argv: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
     """execv ``argv`` in a child; a refused exec prints ``ERRNO n`` and exits 99."""
-    return run([sys.executable, "-c", _EXEC, *argv], **kw)
+    return run([sys.executable, "-c", EXEC_SNIPPET, *argv], **kw)
 
 
 def refused_eperm(r: subprocess.CompletedProcess[str]) -> bool:
