@@ -80,9 +80,12 @@ def sign(path: Path, key: imaguard.PrivateKey) -> None:
 
 
 class Daemon:
-    def __init__(self, proc: subprocess.Popen[str], log: Path) -> None:
+    def __init__(self, proc: subprocess.Popen[str], log: Path, ready: str) -> None:
         self.proc = proc
         self.log = log
+        _, recovered, pid = ready.split()
+        self.recovered = int(recovered)
+        self.pid = int(pid)  # the runner itself (proc is the timeout(1) wrapper)
 
     def _cmd(self, cmd: str) -> str:
         assert self.proc.stdin is not None and self.proc.stdout is not None
@@ -136,7 +139,7 @@ def enforcer(
         assert proc.stdout is not None
         line = proc.stdout.readline()
         assert line.startswith("READY"), f"the enforcer did not start: {line!r}"
-        yield Daemon(proc, log)
+        yield Daemon(proc, log, line)
     finally:
         with contextlib.suppress(OSError, ValueError):
             assert proc.stdin is not None

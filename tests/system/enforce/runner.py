@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import threading
 
@@ -34,6 +35,7 @@ def main() -> None:
     ap.add_argument("--interpreter", action="append")
     ap.add_argument("--no-open-events", action="store_true")
     ap.add_argument("--slow", type=float, default=0.0)
+    ap.add_argument("--own-pid", type=int, action="append", default=[])
     a = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     pset = PolicySet()
@@ -84,13 +86,14 @@ def main() -> None:
         queue_limit=a.queue_limit,
         inflight_path=a.inflight,
         on_decision=record,
+        own_pids=a.own_pid,
         **kw,
     )
     recovered = enf.recover_inflight()
     stop = threading.Event()
     t = threading.Thread(target=enf.run, args=(stop,), daemon=True)
     t.start()
-    print(f"READY {recovered}", flush=True)
+    print(f"READY {recovered} {os.getpid()}", flush=True)
     for line in sys.stdin:
         cmd = line.strip()
         if cmd == "stats":
