@@ -18,6 +18,7 @@ file's change cookie, unless a rule says ``cache=no``.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -210,16 +211,29 @@ class Guard:
         hook: str = "BPRM_CHECK",
         mask: str | int | None = None,
         subject: Subject | None = None,
+        *,
+        name: str | None = None,
     ) -> Decision:
-        """Run what the policy set demands for ``hook`` on ``target``; never raises for it."""
+        """Run what the policy set demands for ``hook`` on ``target``; never raises for it.
+
+        ``name``: for a descriptor target, the file's path as the caller knows it (e.g. from
+        ``readlink(/proc/self/fd/N)``); decisions and audit records carry it, and path rules
+        match it. Without it a descriptor is named ``<fd N>``.
+        """
         hook = FUNC_ALIASES.get(hook, hook)
         bits = parse_mask(mask) if mask is not None else _default_mask(hook)
         subj = subject if subject is not None else current_subject()
-        name = f"<fd {target}>" if isinstance(target, int) else os.fspath(target)
+        fd_name = name if isinstance(target, int) and name is not None else None
+        if fd_name is not None:
+            name = fd_name
+        else:
+            name = f"<fd {target}>" if isinstance(target, int) else os.fspath(target)
         try:
             ref = open_ref(target)
+            if fd_name is not None:
+                ref = dataclasses.replace(ref, name=fd_name, path=fd_name)
         except FileError as e:
-            path = None if isinstance(target, int) else os.path.realpath(name)
+            path = fd_name if isinstance(target, int) else os.path.realpath(name)
             sd = self.policies.evaluate(Request(hook, bits, subj, Object(path=path)))
             return self._unexaminable(name, hook, sd, subj, e.reason)
         try:
