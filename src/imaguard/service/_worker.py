@@ -16,7 +16,6 @@ import signal
 import socket
 import sys
 import threading
-from typing import Any
 
 from imaguard.errors import Error
 from imaguard.service._build import build_guard
@@ -85,17 +84,6 @@ def main(argv: list[str] | None = None) -> int:
         return 78
     from imaguard.enforce import DEFAULT_INTERPRETERS, Enforcer, FanotifyGroup
 
-    def on_decision(d: Any) -> None:
-        if not d.allowed or d.permissive_override:
-            _log.warning(
-                "%s %s (pid %d, %s, %s)",
-                "would deny" if d.permissive_override else "denied",
-                d.path,
-                d.pid,
-                d.hook,
-                d.reason,
-            )
-
     try:
         group = FanotifyGroup.adopt(args.group_fd)
         enforcer = Enforcer(
@@ -107,7 +95,6 @@ def main(argv: list[str] | None = None) -> int:
             queue_limit=cfg.queue_limit,
             own_pids=(args.supervisor_pid,),
             inflight_path=os.path.join(cfg.state, "inflight"),
-            on_decision=on_decision,
         )
         recovered = enforcer.recover_inflight()
         if recovered:
