@@ -278,3 +278,11 @@ def test_with_mode_refuses_unknown(write_config: WriteConfig) -> None:
     with pytest.raises(ConfigError) as exc:
         cfg.with_mode("strict")
     assert exc.value.key == "mode"
+
+
+def test_shipped_example_parses(tmp_path: Path) -> None:
+    example = Path(__file__).resolve().parents[3] / "packaging" / "imaguard.toml"
+    cfg = parse_config(example.read_text().replace("/srv/apps", str(tmp_path)), source="example")
+    assert cfg.mode == "permissive"
+    assert [p.name for p in cfg.policies] == ["exec-guard", "attestation"]
+    assert cfg.policies[1].lock == "sealed"
