@@ -22,9 +22,8 @@ def test_rename_then_reopen(tmp_path: Path) -> None:
         sink.flush()
         time.sleep(0.2)
     sink.close()
-    assert [json.loads(x)["n"] for x in (tmp_path / "audit.jsonl.1").read_text().splitlines()][
-        0
-    ] == 1
+    first = (tmp_path / "audit.jsonl.1").read_text().splitlines()[0]
+    assert json.loads(first)["n"] == 1
     assert json.loads(path.read_text().splitlines()[0])["n"] == 2
 
 
