@@ -63,7 +63,8 @@ int main(int argc, char **argv) {
     int n = atoi(argv[2]), np = argc - 3, fails = 0;
     for (int i = 0; i < n; i++) {
       const char *p = argv[3 + i % np]; long long t0 = now(); int rc;
-      if (mode[0] == 's') rc = spawn(p); else { int fd = open(p, O_RDONLY); rc = fd < 0; if (fd >= 0) close(fd); }
+      if (mode[0] == 's') rc = spawn(p);
+      else { int fd = open(p, O_RDONLY); rc = fd < 0; if (fd >= 0) close(fd); }
       long long dt = now() - t0; if (rc) fails++;
       printf("%lld\n", dt);
     }
@@ -272,8 +273,7 @@ fapolicyd-cli --delete-db >/dev/null 2>&1 || true
 fapolicyd-cli --file add {true} >/dev/null 2>&1 || true
 timeout 20 fapolicyd --debug-deny > {self.base}/fapolicyd.log 2>&1 &
 fp=$!
-for i in $(seq 100); do grep -q "Starting to listen" {self.base}/fapolicyd.log && break; sleep 0.05; done
-sleep 0.2
+sleep 1  # fapolicyd starts in 0.06-0.10 s here; then its marks are in place
 {self.helper} spawn {n} {true} > {self.base}/fap.out 2> {self.base}/fap.err || true
 kill -TERM $fp; wait $fp || true
 """
@@ -482,8 +482,15 @@ def main() -> int:
             with b.running(POLICY_EXEC):
                 t0 = time.monotonic()
                 r = subprocess.run(
-                    [str(b.helper), "load", "200", str(secs), str(out), str(b.mnt / "evil")]
-                    + goods,
+                    [
+                        str(b.helper),
+                        "load",
+                        "200",
+                        str(secs),
+                        str(out),
+                        str(b.mnt / "evil"),
+                        *goods,
+                    ],
                     timeout=secs + 120,
                     check=False,
                 )
