@@ -144,7 +144,7 @@ class Bench:
         )
         self.mnt.mkdir()
         subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=512m,mode=0755", "tmpfs", str(self.mnt)],
+            ["mount", "-t", "tmpfs", "-o", "size=1g,mode=0755", "tmpfs", str(self.mnt)],
             check=True,
         )
         keys = self.base / "keys"
@@ -269,6 +269,7 @@ class Bench:
         true = self.mnt / "true"
         script = f"""
 set -e
+mkdir -p /run/fapolicyd /var/lib/fapolicyd
 fapolicyd-cli --delete-db >/dev/null 2>&1 || true
 fapolicyd-cli --file add {true} >/dev/null 2>&1 || true
 timeout 20 fapolicyd --debug-deny > {self.base}/fapolicyd.log 2>&1 &
@@ -355,6 +356,7 @@ def decision_p99(base: Path, quick: bool, policy: str, tag: str) -> dict[str, An
             assert dec.allowed, dec
     finally:
         guard.close()
+        shutil.rmtree(d)
     allv = [v for vs in per.values() for v in vs]
     return {
         "files": len(files),
@@ -411,6 +413,7 @@ def main() -> int:
                     got = b.fapolicyd_round(n)
                     if isinstance(got, str):
                         fap_problem = got
+                        print("fapolicyd:", got, flush=True)
                     else:
                         medians["fapolicyd"].append(statistics.median(got[0]))
                         fails["fapolicyd"] += got[1]
