@@ -150,3 +150,19 @@ def test_worker_that_cannot_start_is_an_error(tmp_path: Path) -> None:
 def test_backoff() -> None:
     assert [backoff_delay(n, 5.0) for n in (1, 2, 3, 4)] == [0.0, 0.1, 0.2, 0.4]
     assert backoff_delay(20, 5.0) == 5.0
+
+
+def test_reload_messages_become_sd_notify(tmp_path: Path) -> None:
+    sup, group, sent, _ = make(tmp_path, "crash")
+    sup._on_message("reloading")
+    sup._on_message("reload-failed policy[0].lock: must be one of ...")
+    sup._on_message("reloaded")
+    assert sent[0][0] == "RELOADING=1"
+    assert sent[0][1].startswith("MONOTONIC_USEC=")
+    assert sent[1][0] == "READY=1"
+    assert "policy[0].lock" in sent[1][1]
+    assert sent[2] == ("READY=1", "STATUS=enforcing (configuration reloaded)")
+    sup._sel.close()
+    sup._wake_r.close()
+    sup._wake_w.close()
+    group.close()
