@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -13,9 +12,19 @@ from pathlib import Path
 import pytest
 
 import imaguard
-from imaguard.crypto.keygen import GeneratedKey
+from helpers import IS_ROOT
+from imaguard.crypto._keygen import GeneratedKey
 
-IS_ROOT = os.geteuid() == 0
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked ``root`` are skipped, with their reason, when the suite is not run as root."""
+    if IS_ROOT:
+        return
+    for item in items:
+        marker = item.get_closest_marker("root")
+        if marker is not None:
+            why = marker.kwargs.get("reason", "needs root")
+            item.add_marker(pytest.mark.skip(reason=f"{why} (run as root)"))
 
 
 @pytest.fixture(autouse=True)

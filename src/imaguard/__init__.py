@@ -29,7 +29,7 @@ from imaguard.appraise import (
     store_digest,
     verify_file,
 )
-from imaguard.appraise.loaded import (
+from imaguard.appraise._loaded import (
     VerifiedFile,
     load_verified,
 )

@@ -17,7 +17,7 @@ import pytest
 import imaguard
 
 if TYPE_CHECKING:
-    from .conftest import KeyFiles, Tools
+    from helpers.interop import KeyFiles, Tools
 
 pytestmark = pytest.mark.interop
 

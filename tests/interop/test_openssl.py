@@ -17,7 +17,7 @@ import pytest
 import imaguard
 
 if TYPE_CHECKING:
-    from .conftest import KeyFiles, Run, Tools
+    from helpers.interop import KeyFiles, Run, Tools
 
 pytestmark = pytest.mark.interop
 

@@ -3,7 +3,7 @@
 No policy and no cache live here: every call reads the file and decides.
 """
 
-from imaguard.appraise.calls import (
+from imaguard.appraise._calls import (
     Require,
     appraise,
     hash_file,
@@ -13,8 +13,8 @@ from imaguard.appraise.calls import (
     store_digest,
     verify_file,
 )
-from imaguard.appraise.files import Digest, Target
-from imaguard.appraise.store import (
+from imaguard.appraise._files import Digest, Target
+from imaguard.appraise._sigstore import (
     STORE_NAMES,
     MemoryStore,
     SidecarStore,
@@ -23,7 +23,7 @@ from imaguard.appraise.store import (
     default_store,
     store_for,
 )
-from imaguard.appraise.verdict import Cause, SignatureInfo, Status, Verdict
+from imaguard.appraise._verdict import Cause, SignatureInfo, Status, Verdict
 
 __all__ = [
     "STORE_NAMES",

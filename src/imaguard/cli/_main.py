@@ -24,19 +24,19 @@ from typing import TYPE_CHECKING, Any, NoReturn, cast
 import click
 
 import imaguard
-from imaguard.appraise import batch
-from imaguard.appraise.batch import Outcome, Result
-from imaguard.appraise.calls import Require
-from imaguard.appraise.store import STORE_NAMES, SidecarStore, SignatureStore, store_for
-from imaguard.appraise.verdict import Cause, Status, Verdict
+from imaguard.appraise import _batch as batch
+from imaguard.appraise._batch import Outcome, Result
+from imaguard.appraise._calls import Require
+from imaguard.appraise._sigstore import STORE_NAMES, SidecarStore, SignatureStore, store_for
+from imaguard.appraise._verdict import Cause, Status, Verdict
 from imaguard.cli import _daemon
-from imaguard.crypto.keytypes import KEY_TYPES
+from imaguard.crypto._keytypes import KEY_TYPES
 from imaguard.errors import Error
 from imaguard.formats import hashalgo
 
 if TYPE_CHECKING:
-    from imaguard.core.guard import AppraiseMode
-    from imaguard.policy.parser import Mode as PolicyMode
+    from imaguard.core._guard import AppraiseMode
+    from imaguard.policy._parser import Mode as PolicyMode
 
 _log = logging.getLogger("imaguard.cli")
 
@@ -636,7 +636,7 @@ def policy_eval(
 ) -> None:
     """Decide which actions the policy (or policy set) demands for one request."""
     from imaguard.policy import Object, PolicySet, Request, Subject, parse_mask
-    from imaguard.policy.ast import FUNC_ALIASES, KERNEL_FUNCS
+    from imaguard.policy._ast import FUNC_ALIASES, KERNEL_FUNCS
 
     if not policies and builtin_names is None:
         raise click.UsageError("give --policy [NAME=]FILE (repeatable) or --builtin NAMES")
@@ -794,7 +794,7 @@ def log() -> None:
 
 
 def _read_state_log(state: str) -> tuple[bytes, tuple[str, ...]]:
-    from imaguard.measure.store import LOG_NAME, STATE_NAME
+    from imaguard.measure._logstore import LOG_NAME, STATE_NAME
 
     try:
         with open(os.path.join(state, STATE_NAME)) as f:
@@ -988,7 +988,7 @@ def log_verify(
     """Replay a log and judge it: exit 0 valid, 1 invalid (every finding listed)."""
     from imaguard.formats.keylime import RuntimePolicy
     from imaguard.measure import records_from_ascii, records_from_binary, verify_records
-    from imaguard.measure.tpm import TpmPcrs
+    from imaguard.measure._tpm import TpmPcrs
 
     sources = [x for x in (state, binary_in, ascii_in) if x is not None]
     if len(sources) != 1:
@@ -1303,7 +1303,7 @@ def evm_sign(
     paths: tuple[str, ...],
 ) -> None:
     """Write security.evm for each file."""
-    from imaguard.core.evm import parse_uuid, sign_file_evm
+    from imaguard.appraise._evm import parse_uuid, sign_file_evm
 
     if (key_path is None) == (hmac_key is None):
         raise click.UsageError("give --key KEY (signature) or --hmac-key FILE (HMAC)")
@@ -1350,8 +1350,8 @@ def evm_verify_cmd(
     paths: tuple[str, ...],
 ) -> None:
     """Verify security.evm for each file: exit 0 all pass, 1 any fails."""
-    from imaguard.appraise.files import open_target
-    from imaguard.core.evm import evm_verify, parse_uuid
+    from imaguard.appraise._evm import evm_verify, parse_uuid
+    from imaguard.appraise._files import open_target
 
     ring = imaguard.Keyring.load(*certs, *keyrings) if certs or keyrings else None
     secret = _read_key_file(hmac_key) if hmac_key else None

@@ -9,24 +9,24 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from imaguard._lazy import lazy_names
-from imaguard.crypto.keytypes import KEY_TYPES
+from imaguard.crypto._keytypes import KEY_TYPES
 
 _LAZY = {
-    "PASSWORD_ENV": "imaguard.crypto.keys",
-    "Certificate": "imaguard.crypto.keys",
-    "GeneratedKey": "imaguard.crypto.keygen",
-    "Keyring": "imaguard.crypto.keyring",
-    "PrivateKey": "imaguard.crypto.keys",
-    "generate_key": "imaguard.crypto.keygen",
-    "key_id_from_public_key": "imaguard.crypto.keys",
-    "load_certificates": "imaguard.crypto.keys",
-    "load_private_key": "imaguard.crypto.keys",
+    "PASSWORD_ENV": "imaguard.crypto._keys",
+    "Certificate": "imaguard.crypto._keys",
+    "GeneratedKey": "imaguard.crypto._keygen",
+    "Keyring": "imaguard.crypto._keyring",
+    "PrivateKey": "imaguard.crypto._keys",
+    "generate_key": "imaguard.crypto._keygen",
+    "key_id_from_public_key": "imaguard.crypto._keys",
+    "load_certificates": "imaguard.crypto._keys",
+    "load_private_key": "imaguard.crypto._keys",
 }
 
 if TYPE_CHECKING:
-    from imaguard.crypto.keygen import GeneratedKey, generate_key
-    from imaguard.crypto.keyring import Keyring
-    from imaguard.crypto.keys import (
+    from imaguard.crypto._keygen import GeneratedKey, generate_key
+    from imaguard.crypto._keyring import Keyring
+    from imaguard.crypto._keys import (
         PASSWORD_ENV,
         Certificate,
         PrivateKey,

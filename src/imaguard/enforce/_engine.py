@@ -6,7 +6,8 @@ Threads and deadlock discipline:
   of ``own_pids``) with ``FAN_ALLOW`` at once, records every other event fd in the inflight
   registry and puts the event on a bounded queue. A full queue means ``FAN_DENY`` at once
   (counted in ``overflow_denied``), never an allow. The reader takes no lock a decision
-  holds; it does no file I/O on watched filesystems.
+  holds across any I/O; it opens no file and does not log (its log lines are queued and
+  written by a worker: a log handler may write to a watched filesystem).
 * **Workers** decide: subject and object facts, the hook (see ``_events``), then
   :meth:`imaguard.core.Guard.process` on the event fd. They write the response first, then
   add an ignore mark, clear the registry entry, close the fd, and only then call
@@ -65,6 +66,7 @@ Other limits, stated plainly:
 from __future__ import annotations
 
 import contextlib
+import collections
 import errno
 import fcntl
 import logging
@@ -241,6 +243,7 @@ class Enforcer:
             0,
         )
         self._inhand: dict[int, Event] = {}
+        self._notes: collections.deque[str] = collections.deque(maxlen=1000)
         self._recovered = False
         self._current: tuple[Guard, int, bool] = (guard, 0, _inode_stable(guard))
 
@@ -319,6 +322,7 @@ class Enforcer:
                 t.join(timeout=10)
             self._deny_leftovers()
             self._inflight.close()
+            self._flush_notes()
 
     # -- reader ------------------------------------------------------------------------
     def _reader(self, stop: threading.Event) -> None:
@@ -330,7 +334,7 @@ class Enforcer:
             try:
                 buf = self.group.read()
             except OSError as e:
-                _log.error("reading the fanotify group failed: %s", e.strerror)
+                self._note(f"reading the fanotify group failed: {e.strerror}")
                 stop.wait(0.1)
                 continue
             if not buf:
@@ -338,14 +342,14 @@ class Enforcer:
             try:
                 events = parse_events(buf)
             except EventFormatError as e:
-                _log.error("%s", e)
+                self._note(str(e))
                 events = e.events
             for ev in events:
                 self._dispatch(ev)
 
     def _dispatch(self, ev: Event) -> None:
         if ev.overflow:
-            _log.error("the fanotify queue overflowed: events were lost")
+            self._note("the fanotify queue overflowed: events were lost")
             return
         if not ev.permission:
             _close(ev.fd)
@@ -375,7 +379,20 @@ class Enforcer:
         try:
             self.group.respond(fd, allow, audit=not allow)
         except OSError as e:
-            _log.error("answering event fd %d failed: %s", fd, e.strerror)
+            self._note(f"answering event fd {fd} failed: {e.strerror}")
+
+    def _note(self, message: str) -> None:
+        """A log line from the reader: logged later by a worker (a log handler may write to
+        a watched filesystem, and the reader must never wait for its own answer)."""
+        self._notes.append(message)
+
+    def _flush_notes(self) -> None:
+        while True:
+            try:
+                message = self._notes.popleft()
+            except IndexError:
+                return
+            _log.error("%s", message)
 
     def _count(self, *keys: str) -> None:
         with self._stats_lock:
@@ -468,6 +485,7 @@ class Enforcer:
                 self.on_decision(result)
             except Exception:
                 _log.exception("on_decision callback failed")
+        self._flush_notes()
 
     # -- ignore marks ------------------------------------------------------------------
     def _maybe_mark(

@@ -133,7 +133,7 @@ def encode_name(name: str | bytes, field_id: str = "n-ng") -> bytes:
     raw = raw.replace(b" ", b"_")
     if field_id == "n" and len(raw) > IMA_NAME_PAD - 1:
         # With no file at hand the kernel truncates (with one, it uses the last path
-        # component: see imaguard.measure.entries).
+        # component: see imaguard.measure._entries).
         raw = raw[: IMA_NAME_PAD - 1]
     return raw + b"\0"
 

@@ -1,12 +1,12 @@
 """Measurement: templates into an append-only log in the kernel's format, PCR banks and a
 TPM backend, and verification of logs against PCRs, keyrings and Keylime runtime policies."""
 
-from imaguard.measure.entries import buffer_entry, file_entry, violation_entry
-from imaguard.measure.pcr import PcrBackend, SoftwarePcrs, compute_boot_aggregate
-from imaguard.measure.runtime import policy_from_records, policy_from_tree
-from imaguard.measure.store import AppendResult, LogStore, OpenReport
-from imaguard.measure.tpm import TpmPcrs
-from imaguard.measure.verify import (
+from imaguard.measure._entries import buffer_entry, file_entry, violation_entry
+from imaguard.measure._logstore import AppendResult, LogStore, OpenReport
+from imaguard.measure._pcr import PcrBackend, SoftwarePcrs, compute_boot_aggregate
+from imaguard.measure._runtime import policy_from_records, policy_from_tree
+from imaguard.measure._tpm import TpmPcrs
+from imaguard.measure._verify import (
     Finding,
     VerifyResult,
     records_from_ascii,

@@ -3,10 +3,10 @@
 See DESIGN §3 for the multi-policy semantics.
 """
 
-from imaguard.policy.ast import Action, IdCondition, Rule
-from imaguard.policy.builtin import BUILTIN_NAMES, Builtin, builtin_policy
-from imaguard.policy.compiled import CompiledPolicy
-from imaguard.policy.evaluate import (
+from imaguard.policy._ast import Action, IdCondition, Rule
+from imaguard.policy._builtin import BUILTIN_NAMES, Builtin, builtin_policy
+from imaguard.policy._compiled import CompiledPolicy
+from imaguard.policy._evaluate import (
     Object,
     PolicyDecision,
     Request,
@@ -15,8 +15,8 @@ from imaguard.policy.evaluate import (
     match_rule,
     parse_mask,
 )
-from imaguard.policy.parser import Mode, Policy, parse_policy, parse_rule
-from imaguard.policy.policyset import (
+from imaguard.policy._parser import Mode, Policy, parse_policy, parse_rule
+from imaguard.policy._policyset import (
     Conflict,
     Lock,
     MeasureTarget,

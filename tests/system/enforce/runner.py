@@ -35,6 +35,7 @@ def main() -> None:
     ap.add_argument("--interpreter", action="append")
     ap.add_argument("--no-open-events", action="store_true")
     ap.add_argument("--slow", type=float, default=0.0)
+    ap.add_argument("--no-open-marks", action="store_true")
     ap.add_argument("--own-pid", type=int, action="append", default=[])
     a = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
@@ -87,6 +88,7 @@ def main() -> None:
         inflight_path=a.inflight,
         on_decision=record,
         own_pids=a.own_pid,
+        open_marks=not a.no_open_marks,
         **kw,
     )
     recovered = enf.recover_inflight()

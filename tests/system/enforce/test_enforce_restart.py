@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from imaguard.enforce import FanotifyGroup
-from tests.system.enforce.conftest import (
+
+from .conftest import (
     EXEC_SNIPPET,
     copy_true,
     enforcer,

@@ -44,12 +44,14 @@ def test_several_records_in_one_buffer() -> None:
     assert (a.mask, a.fd, a.pid, a.pidfd) == (FAN_OPEN_EXEC_PERM, 7, 100, None)
     assert (b.mask, b.fd, b.pid, b.pidfd) == (FAN_OPEN_PERM, 8, 101, 9)
     assert len(pack_event(FAN_OPEN_PERM, 1, 1)) == 24
-    assert a.permission and not a.overflow
+    assert a.permission
+    assert not a.overflow
 
 
 def test_overflow_marker() -> None:
     (ev,) = parse_events(pack_event(0x4000, FAN_NOFD, 0))
-    assert ev.overflow and not ev.permission
+    assert ev.overflow
+    assert not ev.permission
 
 
 def test_bad_version_keeps_the_records_before_it() -> None:
@@ -293,9 +295,11 @@ def test_worker_exception_denies(tmp_path: Path, other_pid: int) -> None:
         deadline = time.monotonic() + 5
         while not seen and time.monotonic() < deadline:
             time.sleep(0.01)
-    assert seen[0].reason == "error" and not seen[0].allowed
-    assert enf.stats().denied == 1 and enf.stats().events == 1
-    with pytest.raises(OSError):
+    assert seen[0].reason == "error"
+    assert not seen[0].allowed
+    assert enf.stats().denied == 1
+    assert enf.stats().events == 1
+    with pytest.raises(OSError, match="Bad file descriptor"):
         os.fstat(fd)  # the worker closed the event fd
     g.close()
 
@@ -311,7 +315,8 @@ def test_permissive_answers_allow_and_reports_the_override(tmp_path: Path, other
         deadline = time.monotonic() + 5
         while not seen and time.monotonic() < deadline:
             time.sleep(0.01)
-    assert seen[0].allowed and seen[0].permissive_override
+    assert seen[0].allowed
+    assert seen[0].permissive_override
     assert g.ignored == []  # never a kernel-side cache for a would-deny
     g.close()
 
@@ -379,3 +384,90 @@ def test_inflight_registry_recovery(tmp_path: Path) -> None:
     assert successor.recover_inflight() == 0
     g.close()
     g2.close()
+
+
+class MarkingGroup(FakeGroup):
+    def __init__(self) -> None:
+        super().__init__()
+        self.marks: list[int] = []
+        self.flushes = 0
+
+    def ignore(self, fd: int, mask: int) -> bool:
+        self.marks.append(mask)
+        return True
+
+    def flush_ignore_marks(self) -> None:
+        self.flushes += 1
+
+
+def _guard(text: str, ring: Any) -> Any:
+    from imaguard.core import Guard
+    from imaguard.policy import PolicySet, parse_policy
+
+    pset = PolicySet()
+    pset.add("t", parse_policy(text, mode="imaguard"))
+    return Guard(pset, ring, store="user-xattr")
+
+
+def _exec_event(g: FakeGroup, path: Path, pid: int) -> int:
+    fd = os.open(path, os.O_RDONLY)
+    g.feed(pack_event(FAN_OPEN_EXEC_PERM, fd, pid))
+    return fd
+
+
+def test_allowed_exec_gets_an_ignore_mark_and_swap_flushes(
+    tmp_path: Path, other_pid: int, ec_key: Any, ec_ring: Any
+) -> None:
+    import imaguard
+    from imaguard.enforce._fanotify import FAN_OPEN_EXEC_PERM as EXEC
+
+    prog = tmp_path / "prog"
+    prog.write_bytes(b"#!/bin/true\n" + os.urandom(64))
+    imaguard.sign_file(prog, ec_key, store="user-xattr")
+    g = MarkingGroup()
+    enf = Enforcer(g, _guard("appraise func=BPRM_CHECK appraise_type=imasig\n", ec_ring))
+    with Running(enf):
+        fd = _exec_event(g, prog, other_pid)
+        assert g.wait_for(1) == [(fd, True)]
+        deadline = time.monotonic() + 5
+        while enf.stats().events < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert g.marks
+        assert g.marks[0] & EXEC
+        assert enf.stats().ignore_marks == 1
+        enf.swap_guard(_guard("appraise func=BPRM_CHECK uid=0 appraise_type=imasig\n", ec_ring))
+        assert g.flushes == 1
+        fd2 = _exec_event(g, prog, other_pid)
+        assert g.wait_for(2)[1] == (fd2, True)
+        deadline = time.monotonic() + 5
+        while enf.stats().events < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    # a uid= rule: a per-inode mark would apply to every user, so none is added
+    assert len(g.marks) == 1
+    g.close()
+
+
+def test_unsigned_exec_is_denied_without_a_mark(
+    tmp_path: Path, other_pid: int, ec_ring: Any
+) -> None:
+    prog = tmp_path / "prog"
+    prog.write_bytes(b"#!/bin/true\n")
+    g = MarkingGroup()
+    seen: list[EventDecision] = []
+    enf = Enforcer(
+        g,
+        _guard("appraise func=BPRM_CHECK appraise_type=imasig\n", ec_ring),
+        on_decision=seen.append,
+    )
+    with Running(enf):
+        fd = _exec_event(g, prog, other_pid)
+        assert g.wait_for(1) == [(fd, False)]
+        deadline = time.monotonic() + 5
+        while not seen and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert seen[0].path == str(prog)  # the real path, not "<fd N>"
+    assert seen[0].decision is not None
+    assert seen[0].decision.path == str(prog)
+    assert seen[0].decision.actions["appraise"].cause == "IMA-signature-required"
+    assert g.marks == []
+    g.close()

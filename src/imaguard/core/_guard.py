@@ -1,0 +1,630 @@
+"""The Guard: one engine behind every interface.
+
+``Guard.process(target, hook, mask, subject)`` evaluates the policy set for the hook, then
+does what it demands - appraise against the keyrings, measure into the log, emit an audit
+record with the file's hash, keep the stored hash up to date - and returns a
+:class:`~imaguard.core._decision.Decision` that says, per action, whether it was required,
+passed or failed and which policy rule demanded it.
+
+Appraisal modes follow the kernel's ``ima_appraise=``: ``enforce`` (a failed appraisal
+denies), ``log`` (failures are audited, access allowed), ``fix`` (a missing or wrong *hash*
+is rewritten; signatures are never written; then allowed), ``off`` (appraise rules are
+inert). Requirements no file can meet (two policies that disagree) fail closed.
+
+The file is opened once and hashed at most once per algorithm per call, shared by
+appraisal, measurement and audit. Results are kept in the integrity cache, keyed on the
+file's change cookie, unless a rule says ``cache=no``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from imaguard.appraise._calls import Require, appraise_value
+from imaguard.appraise._evm import evm_verify
+from imaguard.appraise._files import Digest, FileRef, change_cookie, hash_fd, open_ref
+from imaguard.appraise._sigstore import SignatureStore, XattrStore, default_store, store_for
+from imaguard.appraise._verdict import Cause, Status, Verdict
+from imaguard.appraise._verity import fsverity_digest
+from imaguard.core._audit import AuditSink, MemoryAudit
+from imaguard.core._cache import CacheEntry, IntegrityCache, slot_for
+from imaguard.core._decision import ACTIONS, NOT_REQUIRED, ActionResult, Decision, Outcome
+from imaguard.core._objects import current_subject, file_object
+from imaguard.core._objects import fs_magic as _fs_magic
+from imaguard.crypto._keyring import Keyring
+from imaguard.errors import Error, FileError, StoreError, UsageError
+from imaguard.formats import hashalgo
+from imaguard.formats.hashalgo import HashAlgo
+from imaguard.formats.template import TemplateDescriptor
+from imaguard.formats.xattr import digest_value
+from imaguard.measure._entries import entry_for_open_file, violation_entry
+from imaguard.measure._logstore import LogStore
+from imaguard.policy._ast import FUNC_ALIASES, Action
+from imaguard.policy._builtin import builtin_policy
+from imaguard.policy._evaluate import Object, Request, Subject, parse_mask
+from imaguard.policy._parser import Mode, parse_policy
+from imaguard.policy._policyset import PolicySet, Provenance, SetDecision
+
+__all__ = ["MODES", "EvmConfig", "Guard"]
+
+_log = logging.getLogger(__name__)
+
+AppraiseMode = Literal["enforce", "log", "fix", "off"]
+MODES = ("enforce", "log", "fix", "off")
+
+_EXEC_HOOKS = {"BPRM_CHECK", "MMAP_CHECK", "MMAP_CHECK_REQPROT", "CREDS_CHECK"}
+MAY_EXEC, MAY_WRITE, MAY_READ = 0x1, 0x2, 0x4
+_VIOLATION_HOOKS = {"FILE_CHECK", "MMAP_CHECK", "MMAP_CHECK_REQPROT"}
+FUSE_SUPER_MAGIC = 0x65735546
+"""FUSE marks its superblock as having unverifiable signatures (SB_I_IMA_UNVERIFIABLE_SIGNATURE)."""
+
+
+def _default_mask(hook: str) -> int:
+    if hook in _EXEC_HOOKS:
+        return MAY_EXEC
+    if hook in ("KEXEC_CMDLINE", "KEY_CHECK", "CRITICAL_DATA"):
+        return 0
+    return MAY_READ
+
+
+class Guard:
+    """A policy set, keyrings, a measurement log, an integrity cache and an audit sink."""
+
+    def __init__(
+        self,
+        policies: PolicySet,
+        keyring: Keyring | None = None,
+        *,
+        state: str | os.PathLike[str] | None = None,
+        mode: AppraiseMode = "enforce",
+        store: SignatureStore | str | None = None,
+        audit: AuditSink | MemoryAudit | None = None,
+        ima_hash: str = "sha256",
+        template: str = "ima-ng",
+        tpm: str | None = None,
+        use_cache: bool = True,
+        evm: EvmConfig | None = None,
+    ) -> None:
+        if mode not in MODES:
+            raise UsageError(f"unknown appraisal mode {mode!r} ({', '.join(MODES)})")
+        if mode == "off" and policies.appraise_enabled:
+            raise UsageError("mode 'off' needs a PolicySet(appraise_enabled=False)")
+        self.policies = policies
+        self.keyring = keyring if keyring is not None else Keyring()
+        self.mode = mode
+        self.store = store_for(store) if isinstance(store, str) else (store or default_store())
+        self.ima_hash = hashalgo.by_name(ima_hash).name
+        self.template = TemplateDescriptor.lookup(template)
+        self.tpm = tpm
+        self.state = Path(state) if state is not None else None
+        if self.state is not None:
+            self.state.mkdir(parents=True, exist_ok=True)
+        self.audit = audit
+        if self.audit is None and self.state is not None:
+            self.audit = AuditSink(self.state / "audit.jsonl")
+        self._log: LogStore | None = None
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self.use_cache = use_cache
+        self._value_in_cookie = isinstance(self.store, XattrStore)
+        self._measures = any(
+            r.action is Action.MEASURE for n in policies.names() for r in policies.policy(n).rules
+        )
+        self.evm = evm
+        self._paths = policies.uses_paths
+        self.cache = IntegrityCache(
+            self._epoch(), self.state / "cache.json" if self.state is not None else None
+        )
+
+    # -- construction ---------------------------------------------------------------------
+    @classmethod
+    def from_files(
+        cls,
+        policies: Mapping[str, str | os.PathLike[str]] | None = None,
+        keyrings: Iterable[str | os.PathLike[str]] = (),
+        state: str | os.PathLike[str] | None = None,
+        mode: AppraiseMode = "enforce",
+        policy_mode: Mode = "kernel",
+        *,
+        builtin: str | None = None,
+        **kwargs: Any,
+    ) -> Guard:
+        """A Guard from policy files ({name: path}), built-ins, and certificate files or dirs."""
+        pset = PolicySet(appraise_enabled=mode != "off")
+        if builtin:
+            b = builtin_policy(builtin)
+            pset.add("builtin", b.policy, fail_securely=b.fail_securely)
+        for name, path in (policies or {}).items():
+            try:
+                data = Path(path).read_bytes()
+            except OSError as e:
+                raise UsageError(f"{path}: cannot read policy: {e.strerror or e}") from e
+            pset.add(name, parse_policy(data, mode=policy_mode, source=os.fspath(path)))
+        if len(pset) == 0:
+            raise UsageError("a Guard needs at least one policy (policies= or builtin=)")
+        paths = list(keyrings)
+        ring = Keyring.load(*paths) if paths else Keyring()
+        return cls(pset, ring, state=state, mode=mode, **kwargs)
+
+    def _epoch(self) -> str:
+        h = hashlib.sha256()
+        for name in self.policies.names():
+            h.update(name.encode() + b"\0" + str(self.policies.version(name)).encode() + b"\0")
+            h.update(self.policies.policy(name).text().encode())
+        h.update(self.keyring.fingerprint().encode())
+        h.update(f"{self.mode}|{self.store.name}|{self.ima_hash}|{self.template.name}".encode())
+        return h.hexdigest()[:32]
+
+    def reload(self) -> None:
+        """Call after changing the policy set or keyring: cached results are dropped."""
+        self._paths = self.policies.uses_paths
+        self._measures = any(
+            r.action is Action.MEASURE
+            for n in self.policies.names()
+            for r in self.policies.policy(n).rules
+        )
+        self.cache.epoch = self._epoch()
+        self.cache.invalidate()
+
+    @property
+    def log(self) -> LogStore:
+        """The measurement log: in the state directory, or a temporary one without it."""
+        if self._log is None:
+            if self.state is not None:
+                where = self.state / "log"
+            else:
+                self._tmp = tempfile.TemporaryDirectory(prefix="imaguard-log-")
+                where = Path(self._tmp.name)
+            self._log = LogStore(
+                where, tpm=self.tpm, template=self.template.name, ima_hash=self.ima_hash
+            )
+        return self._log
+
+    def close(self) -> None:
+        self.cache.save()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+        if self.audit is not None:
+            self.audit.close()
+
+    def __enter__(self) -> Guard:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the hook ---------------------------------------------------------------------------
+    def process(
+        self,
+        target: str | os.PathLike[str] | int,
+        hook: str = "BPRM_CHECK",
+        mask: str | int | None = None,
+        subject: Subject | None = None,
+        *,
+        name: str | None = None,
+    ) -> Decision:
+        """Run what the policy set demands for ``hook`` on ``target``; never raises for it.
+
+        ``name``: for a descriptor target, the file's path as the caller knows it (e.g. from
+        ``readlink(/proc/self/fd/N)``); decisions and audit records carry it, and path rules
+        match it. Without it a descriptor is named ``<fd N>``.
+        """
+        hook = FUNC_ALIASES.get(hook, hook)
+        bits = parse_mask(mask) if mask is not None else _default_mask(hook)
+        subj = subject if subject is not None else current_subject()
+        fd_name = name if isinstance(target, int) and name is not None else None
+        if fd_name is not None:
+            name = fd_name
+        else:
+            name = f"<fd {target}>" if isinstance(target, int) else os.fspath(target)
+        try:
+            ref = open_ref(target)
+            if fd_name is not None:
+                ref = dataclasses.replace(ref, name=fd_name, path=fd_name)
+        except FileError as e:
+            path = fd_name if isinstance(target, int) else os.path.realpath(name)
+            sd = self.policies.evaluate(Request(hook, bits, subj, Object(path=path)))
+            return self._unexaminable(name, hook, sd, subj, e.reason)
+        try:
+            return self._process_open(name, hook, bits, subj, ref)
+        finally:
+            if not isinstance(target, int):
+                os.close(ref.fd)
+
+    def _unexaminable(
+        self, name: str, hook: str, sd: SetDecision, subj: Subject, reason: str
+    ) -> Decision:
+        actions: dict[str, ActionResult] = {}
+        for kind in ACTIONS:
+            if getattr(sd, kind):
+                p = _first(sd, kind)
+                actions[kind] = ActionResult(
+                    True, Outcome.FAILED, Cause.UNKNOWN, p.policy, p.line, reason
+                )
+            else:
+                actions[kind] = NOT_REQUIRED
+        allowed = not (sd.appraise and self.mode == "enforce")
+        decision = Decision(name, hook, allowed, actions, None, sd.provenance, False, None, reason)
+        self._audit(decision, subj, None)
+        return decision
+
+    def _process_open(
+        self, name: str, hook: str, bits: int, subj: Subject, ref: FileRef
+    ) -> Decision:
+        obj = file_object(ref.fd, ref.st, ref.path, resolve=self._paths)
+        sd = self.policies.evaluate(Request(hook, bits, subj, obj))
+        actions: dict[str, ActionResult] = dict.fromkeys(ACTIONS, NOT_REQUIRED)
+        violation = self._tomtou(name, hook, bits, ref) if bits & MAY_WRITE else None
+        if not (sd.measure or sd.appraise or sd.audit or sd.hash):
+            extra = {"violation": violation} if violation else {}
+            return Decision(name, hook, True, actions, None, sd.provenance, extra=extra)
+        cookie = change_cookie(ref.fd, ref.st)
+        use_cache = self.use_cache and sd.cache
+        entry = self.cache.lookup(cookie) if use_cache else CacheEntry(cookie)
+        digests: dict[str, Digest] = {}
+        value_box: list[bytes | None] = []
+
+        def hasher(algo: HashAlgo) -> Digest:
+            d = digests.get(algo.name)
+            if d is None:
+                d = hash_fd(ref, algo)
+                digests[algo.name] = d
+            return d
+
+        def safe_hasher(algo: HashAlgo) -> Digest | Verdict:
+            try:
+                return hasher(algo)
+            except FileError as e:
+                return Verdict(
+                    name, Status.UNKNOWN, Cause.UNKNOWN, algorithm=algo.name, detail=e.reason
+                )
+
+        store_error: list[str] = []
+
+        def value() -> bytes | None:
+            if not value_box:
+                try:
+                    value_box.append(self.store.read(ref))
+                except StoreError as e:
+                    # No xattr support, or the value cannot be read: appraisal is UNKNOWN
+                    # (spec §3.8 step 1); measurement goes on without a signature.
+                    store_error.append(str(e).split(": ", 1)[-1])
+                    value_box.append(None)
+            return value_box[0]
+
+        allowed = True
+        detail = ""
+        verdict: Verdict | None = None
+        cached = False
+        conflict = sd.conflict.reason if sd.conflict else None
+        if sd.appraise:
+            p = _first(sd, "appraise")
+            if sd.conflict is not None:
+                actions["appraise"] = ActionResult(
+                    True, Outcome.FAILED, "policy-conflict", p.policy, p.line, sd.conflict.reason
+                )
+                allowed = self.mode != "enforce"
+            else:
+                verdict, cached = self._appraise(
+                    name, sd, p, entry, value, safe_hasher, hasher, ref, store_error
+                )
+                ok = verdict.passed
+                actions["appraise"] = ActionResult(
+                    True,
+                    Outcome.PASSED if ok else Outcome.FAILED,
+                    verdict.cause,
+                    p.policy,
+                    p.line,
+                    verdict.detail,
+                )
+                if not ok and self.mode == "enforce":
+                    allowed = False
+                if (
+                    ok
+                    and self.mode == "enforce"
+                    and bits & MAY_WRITE
+                    and (value() or b"")[:1] in (b"\x03", b"\x06")
+                ):
+                    # Signed files are immutable under appraisal (spec §3.8, final decision).
+                    allowed = False
+                    detail = "a signed file cannot be opened for write under appraisal"
+        if sd.measure:
+            actions["measure"] = self._measure(sd, entry, ref, value, hasher)
+            if hook in _VIOLATION_HOOKS and not bits & MAY_WRITE:
+                entry.may_emit_tomtou = True  # a measured read: a later write open is ToMToU
+        audit_hash: str | None = None
+        if sd.audit:
+            actions["audit"], audit_hash = self._audit_action(sd, entry, hasher)
+        if sd.hash:
+            actions["hash"] = self._hash(sd, ref, value, hasher, entry)
+        decision = Decision(
+            name,
+            hook,
+            allowed,
+            actions,
+            verdict,
+            sd.provenance,
+            cached,
+            conflict,
+            detail,
+            {"violation": violation} if violation else {},
+        )
+        self._audit(decision, subj, audit_hash)
+        return decision
+
+    def _tomtou(self, name: str, hook: str, bits: int, ref: FileRef) -> str | None:
+        """Time of measure, time of use: a file measured for reading is opened for write.
+
+        The kernel emits a violation record (zero digest, PCR extended with 0xFF) once per
+        measured read open, on the next write open (spec §4.6). User space cannot see the
+        kernel's reader count, so a measured read counts until the next write open.
+        """
+        if hook != "FILE_CHECK" or not self._measures:
+            return None
+        entry = self.cache.peek(change_cookie(ref.fd, ref.st).key)
+        if entry is None or not entry.may_emit_tomtou:
+            return None
+        entry.may_emit_tomtou = False
+        try:
+            self.log.append(
+                violation_entry(ref.path or name, self.template, ima_hash=self.ima_hash)
+            )
+        except Error as e:
+            _log.warning("%s: ToMToU violation not recorded: %s", name, e)
+            return None
+        return "ToMToU"
+
+    # -- actions ------------------------------------------------------------------------------
+    def _appraise(
+        self,
+        name: str,
+        sd: SetDecision,
+        p: Provenance,
+        entry: CacheEntry,
+        value: Any,
+        safe_hasher: Any,
+        hasher: Any,
+        ref: FileRef,
+        store_error: list[str],
+    ) -> tuple[Verdict, bool]:
+        rule = _rule(sd, p)
+        algos = frozenset(sd.appraise_algos) if sd.appraise_algos is not None else None
+        slot = (
+            f"{slot_for(rule.func if rule else None)}|{sd.appraise_type}|"
+            f"{','.join(sorted(algos)) if algos else ''}"
+        )
+        hit = entry.slots.get(slot)
+        # An xattr change moves the file's ctime, so the cookie covers it; a sidecar .sig
+        # does not, so then the value itself must match what the verdict was reached on.
+        if hit is not None and (self._value_in_cookie or entry.values.get(slot) == value()):
+            self.cache.hits += 1
+            return Verdict(
+                name,
+                hit.status,
+                hit.cause,
+                hit.key_id,
+                hit.algorithm,
+                hit.value_type,
+                hit.digest,
+                hit.detail,
+                hit.signer,
+            ), True
+        raw = value()
+        if store_error:
+            return Verdict(name, Status.UNKNOWN, Cause.UNKNOWN, detail=store_error[0]), False
+        if sd.fail_unverifiable_sigs and fs_magic_of(ref) == FUSE_SUPER_MAGIC:
+            # fail_securely: a filesystem whose signatures cannot be trusted always fails.
+            return Verdict(
+                name,
+                Status.FAIL,
+                "unverifiable-signature",
+                detail="fail_securely: signatures on FUSE cannot be verified",
+            ), False
+        evm_ok_immutable = False
+        if self.evm is not None:
+            ev = evm_verify(
+                ref, keyring=self.evm.keyring, hmac_key=self.evm.hmac_key, fs_uuid=self.evm.fs_uuid
+            )
+            cause = _EVM_CAUSES.get(ev.status)
+            if cause is not None:
+                verdict = Verdict(name, Status.FAIL, cause, detail=f"EVM: {ev.detail}")
+                entry.slots[slot] = verdict
+                entry.values[slot] = raw
+                return verdict, False
+            evm_ok_immutable = ev.status == "pass_immutable"
+        if sd.appraise_type == "sigv3":
+            verdict = appraise_value(
+                name,
+                raw,
+                safe_hasher,
+                self.keyring,
+                "verity",
+                algos,
+                lambda algo: _verity_of(ref, name, algo),
+            )
+        else:
+            # A portable EVM signature covering a plain hash satisfies a signature
+            # requirement (spec §3.8 step 4).
+            require: Require = "signature" if sd.digsig_required and not evm_ok_immutable else "any"
+            verdict = appraise_value(name, raw, safe_hasher, self.keyring, require, algos)
+            if (
+                not verdict.passed
+                and self.mode == "fix"
+                and not sd.digsig_required
+                and (raw is None or raw[:1] in (b"\x01", b"\x04"))
+                and verdict.cause in (Cause.MISSING_HASH, Cause.INVALID_HASH)
+            ):
+                verdict = self._fix(name, ref, hasher, verdict, algos)
+        if verdict.status is not Status.UNKNOWN or verdict.cause != Cause.UNKNOWN:
+            entry.slots[slot] = verdict  # file problems are not cached: they may pass
+            entry.values[slot] = raw
+        return verdict, False
+
+    def _fix(
+        self, name: str, ref: FileRef, hasher: Any, failed: Verdict, algos: frozenset[str] | None
+    ) -> Verdict:
+        """Fix mode: write the computed hash (never a signature), as the kernel does."""
+        algo = hashalgo.by_name(self.ima_hash)
+        try:
+            digest = hasher(algo)
+            self.store.write(ref, digest_value(algo, digest.value).serialize())
+        except Error as e:
+            return Verdict(name, failed.status, failed.cause, detail=f"fix failed: {e}")
+        _log.info("fix mode: wrote the %s hash of %s", algo.name, name)
+        self.cache.rekey(self.cache.lookup(change_cookie(ref.fd)), change_cookie(ref.fd))
+        return Verdict(
+            name,
+            Status.PASS,
+            None,
+            algorithm=algo.name,
+            value_type=0x04,
+            digest=digest.value,
+            detail="hash written (fix mode)",
+        )
+
+    def _measure(
+        self, sd: SetDecision, entry: CacheEntry, ref: FileRef, value: Any, hasher: Any
+    ) -> ActionResult:
+        p = _first(sd, "measure")
+        try:
+            for target in sd.measure_targets:
+                key = (target.pcr, target.template)
+                if key in entry.measured:
+                    continue
+                desc = (
+                    TemplateDescriptor.lookup(target.template) if target.template else self.template
+                )
+                e = entry_for_open_file(
+                    ref, desc, value=value(), hasher=hasher, ima_hash=self.ima_hash, pcr=target.pcr
+                )
+                self.log.append(e)
+                entry.measured.add(key)
+        except FileError as e:
+            return ActionResult(True, Outcome.FAILED, "hashing_error", p.policy, p.line, e.reason)
+        except Error as e:
+            return ActionResult(True, Outcome.FAILED, "store_entry", p.policy, p.line, str(e))
+        return ActionResult(True, Outcome.PASSED, None, p.policy, p.line)
+
+    def _audit_action(
+        self, sd: SetDecision, entry: CacheEntry, hasher: Any
+    ) -> tuple[ActionResult, str | None]:
+        """The audit action: the file's hash goes into the trail once until the file changes."""
+        p = _first(sd, "audit")
+        if entry.audited:
+            return ActionResult(True, Outcome.PASSED, None, p.policy, p.line), None
+        try:
+            digest = hasher(hashalgo.by_name(self.ima_hash))
+        except FileError as e:
+            failed = ActionResult(True, Outcome.FAILED, "hashing_error", p.policy, p.line, e.reason)
+            return failed, None
+        entry.audited = True
+        return (
+            ActionResult(True, Outcome.PASSED, None, p.policy, p.line),
+            f"{digest.algorithm.name}:{digest.hex}",
+        )
+
+    def _hash(
+        self, sd: SetDecision, ref: FileRef, value: Any, hasher: Any, entry: CacheEntry
+    ) -> ActionResult:
+        p = _first(sd, "hash")
+        raw = value()
+        if raw is not None and raw[:1] in (b"\x03", b"\x06"):
+            return ActionResult(
+                True, Outcome.PASSED, None, p.policy, p.line, "signed: the signature is kept"
+            )
+        algo = hashalgo.by_name(self.ima_hash)
+        try:
+            new = digest_value(algo, hasher(algo).value).serialize()
+            if raw != new:
+                self.store.write(ref, new)
+                self.cache.rekey(entry, change_cookie(ref.fd))
+        except Error as e:
+            return ActionResult(True, Outcome.FAILED, "failed", p.policy, p.line, str(e))
+        return ActionResult(True, Outcome.PASSED, None, p.policy, p.line)
+
+    # -- audit trail ------------------------------------------------------------------------------
+    def _audit(self, decision: Decision, subj: Subject, audit_hash: str | None) -> None:
+        """Queue the trail's records: the audit action's hash, and every failed action.
+
+        Every record carries the file, hook, subject, policy, rule, action, result and the
+        kernel's cause string.
+        """
+        if self.audit is None:
+            return
+        rules = {p.action.removeprefix("dont_"): p for p in decision.provenance}
+        subject = {"uid": subj.uid, "euid": subj.euid, "gid": subj.gid, "egid": subj.egid}
+        for kind in ACTIONS:
+            a = decision.actions[kind]
+            if not (a.outcome == Outcome.FAILED or (kind == "audit" and audit_hash is not None)):
+                continue
+            prov = rules.get(kind)
+            record: dict[str, Any] = {
+                "type": "INTEGRITY_RULE" if a.outcome == Outcome.PASSED else "INTEGRITY_DATA",
+                "file": decision.path,
+                "hook": decision.hook,
+                "subject": subject,
+                "policy": a.policy,
+                "line": a.line,
+                "rule": prov.rule if prov is not None else None,
+                "action": kind,
+                "result": "allowed" if decision.allowed else "denied",
+                "outcome": a.outcome,
+                "cause": a.cause,
+                "mode": self.mode,
+            }
+            if kind == "audit" and audit_hash is not None:
+                record["hash"] = audit_hash
+            self.audit.emit(record)
+
+
+@dataclass(frozen=True)
+class EvmConfig:
+    """Require EVM: appraisal fails when the file's security metadata does not verify."""
+
+    keyring: Keyring | None = None
+    hmac_key: bytes | None = None
+    fs_uuid: bytes | None = None
+
+
+_EVM_CAUSES = {
+    "no_xattrs": "missing-HMAC",
+    "no_label": "missing-HMAC",
+    "fail_immutable": "invalid-fail-immutable",
+    "fail": "invalid-HMAC",
+}
+
+
+def _verity_of(ref: FileRef, name: str, algorithm: str) -> bytes | Verdict:
+    try:
+        return fsverity_digest(ref, algorithm)
+    except FileError as e:
+        return Verdict(name, Status.UNKNOWN, Cause.SIGV3_HASHING_ERROR, detail=e.reason)
+
+
+def fs_magic_of(ref: FileRef) -> int | None:
+    return _fs_magic(ref.fd)
+
+
+def _first(sd: SetDecision, kind: str) -> Provenance:
+    for p in sd.provenance:
+        if p.action == kind:
+            return p
+    return Provenance(kind, "", 0, "")
+
+
+def _rule(sd: SetDecision, p: Provenance) -> Any:
+    for name, decision in sd.per_policy:
+        if name == p.policy:
+            return decision.rule_for(p.action.removeprefix("dont_"))
+    return None

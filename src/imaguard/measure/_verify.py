@@ -1,0 +1,484 @@
+"""Verifying a measurement log: replay, PCRs, signatures, Keylime runtime policies.
+
+Every check reports *findings*; verification goes on to the end of the log and reports
+every problem, not just the first. The checks:
+
+* ``template-hash``: a stored template digest does not match its template data;
+* ``pcr-mismatch``: the replay never equals the expected PCR values;
+* ``beyond-pcr``: a prefix of the log replays to the expected values but later entries are
+  not covered (Keylime accepts this because quotes lag the log; so does ``prefix_ok``);
+* ``violation``: a ToMToU/open-writers record (unless violations are ignored);
+* ``boot-aggregate``: the first entry is not boot_aggregate;
+* ``signature-invalid`` / ``unknown-key`` / ``signature-malformed``: an ima-sig signature
+  does not verify against the keyring;
+* ``excluded`` never appears; ``not-in-policy`` / ``digest-not-allowed``: the runtime policy
+  (Keylime semantics, spec keylime.md §5) does not allow an entry;
+* ``parse``: the log is malformed (verification stops there; everything before is judged).
+
+Replay follows the kernel (>= 5.8) and evmctl: each bank is extended with the template
+data hashed in that bank's algorithm, or 0xFF bytes for a violation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from imaguard.crypto._keyring import Keyring
+from imaguard.crypto._keys import (
+    PublicKey,
+    key_id_from_public_key,
+    load_public_key,
+    verify_prehashed,
+)
+from imaguard.errors import FormatError, KeyLoadError
+from imaguard.formats.hashalgo import by_id, by_name
+from imaguard.formats.keylime import RuntimePolicy
+from imaguard.formats.measurelist import RawRecord, iter_ascii, iter_binary, split_fields
+from imaguard.formats.template import TemplateDescriptor, decode_digest_field
+from imaguard.formats.xattr import SignatureValue
+from imaguard.measure._pcr import NUM_PCRS
+
+__all__ = ["Finding", "VerifyResult", "records_from_ascii", "records_from_binary", "verify_records"]
+
+_SIG_TEMPLATES = {"ima-sig", "ima-sigv2", "ima-modsig"}
+
+
+@dataclass(frozen=True)
+class Finding:
+    code: str
+    message: str
+    index: int | None = None
+    path: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message, "index": self.index, "path": self.path}
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    entries: int
+    pcrs: dict[str, dict[int, str]]
+    findings: tuple[Finding, ...]
+    matched_at: int | None = None
+    """Entries replayed when the expected PCRs first matched (None: never, or none given)."""
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def ok(self) -> bool:
+        return not self.findings
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "valid": self.ok,
+            "entries": self.entries,
+            "pcrs": {b: {str(i): v for i, v in sorted(p.items())} for b, p in self.pcrs.items()},
+            "matched_at": self.matched_at,
+            "findings": [f.to_dict() for f in self.findings],
+            "notes": list(self.notes),
+        }
+
+
+def records_from_binary(data: bytes, bank: str = "sha1") -> tuple[list[RawRecord], Finding | None]:
+    """Raw records of a binary list; a parse error becomes a finding after the good records."""
+    out: list[RawRecord] = []
+    try:
+        for rec in iter_binary(data, bank):
+            out.append(rec)
+    except FormatError as e:
+        return out, Finding("parse", str(e), len(out))
+    return out, None
+
+
+def records_from_ascii(text: bytes) -> tuple[list[RawRecord], str, Finding | None]:
+    """Raw records of an ASCII list and the bank of its digest column (from its width)."""
+    bank = "sha1"
+    first = text.lstrip(b" \n").split(b"\n", 1)[0].lstrip(b" ").split(b" ")
+    if len(first) > 1:
+        bank = {40: "sha1", 64: "sha256", 96: "sha384", 128: "sha512"}.get(len(first[1]), "sha1")
+    out: list[RawRecord] = []
+    try:
+        for rec in iter_ascii(text, bank):
+            out.append(rec)
+    except FormatError as e:
+        return out, bank, Finding("parse", str(e), len(out))
+    return out, bank, None
+
+
+class _Keys:
+    """Public keys by key id: from a keyring's certificates and a policy's verification keys."""
+
+    def __init__(self) -> None:
+        self.by_id: dict[int, list[PublicKey]] = {}
+
+    def add(self, key: PublicKey, key_id: int | None = None) -> None:
+        ids = {key_id_from_public_key(key)}
+        if key_id is not None:
+            ids.add(key_id)
+        for i in ids:
+            self.by_id.setdefault(i, []).append(key)
+
+    def add_keyring(self, ring: Keyring) -> None:
+        for cert in ring.certificates:
+            for i in cert.key_ids:
+                self.by_id.setdefault(i, []).append(cert.public_key)
+
+    def __bool__(self) -> bool:
+        return bool(self.by_id)
+
+
+def _decode(rec: RawRecord, desc_cache: dict[str, TemplateDescriptor]) -> dict[str, bytes]:
+    desc = desc_cache.get(rec.template_name)
+    if desc is None:
+        desc = TemplateDescriptor.lookup(rec.template_name)
+        desc_cache[rec.template_name] = desc
+    if desc.is_ima:
+        return {"d": rec.template_data[:20], "n": rec.template_data[20:].rstrip(b"\0") + b"\0"}
+    fields = split_fields(rec.template_data, len(desc.fields), f"record {rec.index}")
+    return dict(zip(desc.fields, fields, strict=True))
+
+
+def verify_records(
+    records: Iterable[RawRecord],
+    *,
+    digest_bank: str = "sha1",
+    banks: Iterable[str] = ("sha1", "sha256"),
+    expected: Mapping[str, Mapping[int, bytes]] | None = None,
+    prefix_ok: bool = False,
+    keyring: Keyring | None = None,
+    runtime_policy: RuntimePolicy | None = None,
+    ignore_violations: bool = False,
+    parse_error: Finding | None = None,
+) -> VerifyResult:
+    """Replay ``records`` and judge them (see the module doc for the findings)."""
+    banks = tuple(dict.fromkeys(banks))
+    if expected:
+        banks = tuple(dict.fromkeys((*banks, *expected)))
+    ctor = {b: getattr(hashlib, b) for b in banks}
+    check = getattr(hashlib, digest_bank)
+    ff = {b: b"\xff" * ctor[b]().digest_size for b in banks}
+    pcr = {b: [b"\0" * ctor[b]().digest_size] * NUM_PCRS for b in banks}
+    findings: list[Finding] = []
+    exp = {b: dict(v) for b, v in (expected or {}).items()}
+    mismatched = sum(1 for b, vals in exp.items() for i, v in vals.items() if pcr[b][i] != v)
+    matched_at: int | None = 0 if exp and mismatched == 0 else None
+    keys = _Keys()
+    if keyring is not None:
+        keys.add_keyring(keyring)
+    excl = None
+    if runtime_policy is not None:
+        excl = runtime_policy.exclude_regex
+        for key_id, der in runtime_policy.public_keys():
+            try:
+                keys.add(load_public_key(der), key_id)
+            except KeyLoadError as e:
+                findings.append(Finding("policy", f"verification-keys: {e}"))
+    judge = runtime_policy is not None or keyring is not None
+    descs: dict[str, TemplateDescriptor] = {}
+    # One step per bank: (constructor, that bank's PCRs, its 0xFF value, check the column?)
+    plan = [(ctor[b], pcr[b], ff[b], b == digest_bank) for b in banks]
+    separate_check = digest_bank not in banks
+    # Expected PCRs by index, so a record only re-checks the PCR it extended.
+    exp_by_pcr: dict[int, list[tuple[list[bytes], bytes, int]]] = {}
+    state: list[bool] = []
+    for b, vals in exp.items():
+        for i, v in vals.items():
+            exp_by_pcr.setdefault(i, []).append((pcr[b], v, len(state)))
+            state.append(pcr[b][i] == v)
+    fast_digests = runtime_policy.digests if runtime_policy is not None else None
+    zero = b"\0" * getattr(hashlib, digest_bank)().digest_size
+    count = 0
+    for rec in records:
+        count += 1
+        td = rec.template_data
+        dig = rec.digest
+        p = rec.pcr
+        viol = dig == zero
+        if viol:
+            if not ignore_violations:
+                findings.append(
+                    Finding("violation", "a ToMToU/open-writers violation record", rec.index)
+                )
+            for c, chain, ffv, _ in plan:
+                chain[p] = c(chain[p] + ffv).digest()
+        else:
+            for c, chain, _, is_check in plan:
+                h = c(td).digest()
+                if is_check and h != dig:
+                    findings.append(
+                        Finding(
+                            "template-hash",
+                            "stored template digest does not match the template data",
+                            rec.index,
+                        )
+                    )
+                chain[p] = c(chain[p] + h).digest()
+            if separate_check and check(td).digest() != dig:
+                findings.append(
+                    Finding(
+                        "template-hash",
+                        "stored template digest does not match the template data",
+                        rec.index,
+                    )
+                )
+        watch = exp_by_pcr.get(p)
+        if watch is not None:
+            for chain, want, slot in watch:
+                now = chain[p] == want
+                if now != state[slot]:
+                    state[slot] = now
+                    mismatched += -1 if now else 1
+            if mismatched == 0:
+                matched_at = count
+        if count == 1 and not viol:
+            name = rec.name
+            if name is None:
+                try:
+                    fields = _decode(rec, descs)
+                    name = (fields.get("n-ng") or fields.get("n") or b"").rstrip(b"\0")
+                except FormatError:
+                    name = b""
+            if name != b"boot_aggregate":
+                findings.append(
+                    Finding("boot-aggregate", "the first entry is not boot_aggregate", 0)
+                )
+        if judge and not viol:
+            nm = rec.name
+            if (
+                fast_digests is not None
+                and nm is not None
+                and rec.template_name == "ima-ng"
+                and rec.file_digest is not None
+            ):
+                # The common case inline: an ima-ng entry against the runtime policy.
+                path = nm.decode("utf-8", "surrogateescape")
+                if excl is None or not excl.match(path):
+                    allowed = fast_digests.get(path)
+                    if allowed is None:
+                        findings.append(
+                            Finding(
+                                "not-in-policy",
+                                f"{path} is not in the runtime policy",
+                                rec.index,
+                                path,
+                            )
+                        )
+                    else:
+                        hexd = rec.file_digest[1].hex()
+                        if hexd not in allowed:
+                            findings.append(
+                                Finding(
+                                    "digest-not-allowed",
+                                    f"{path}: digest {hexd} is not among the allowed digests",
+                                    rec.index,
+                                    path,
+                                )
+                            )
+            else:
+                _judge(rec, descs, keys, keyring is not None, runtime_policy, excl, findings)
+    if parse_error is not None:
+        findings.append(parse_error)
+    notes: list[str] = []
+    if exp and mismatched != 0:
+        if matched_at is not None and matched_at < count:
+            if prefix_ok:
+                notes.append(
+                    f"the PCRs match after entry {matched_at}; entries "
+                    f"{matched_at}..{count - 1} are not covered by them"
+                )
+            else:
+                findings.append(
+                    Finding(
+                        "beyond-pcr",
+                        f"the PCRs match the first {matched_at} entries; entries "
+                        f"{matched_at}..{count - 1} are not covered "
+                        "(use --prefix-ok to accept)",
+                        matched_at,
+                    )
+                )
+        else:
+            given = ", ".join(f"{b}:{i}" for b, v in exp.items() for i in v)
+            findings.append(
+                Finding("pcr-mismatch", f"the log never replays to the given PCR values ({given})")
+            )
+    used = sorted(
+        {i for b in banks for i in range(NUM_PCRS) if pcr[b][i] != b"\0" * len(pcr[b][i])}
+    )
+    values = {b: {i: pcr[b][i].hex() for i in used} for b in banks}
+    return VerifyResult(count, values, tuple(findings), matched_at, tuple(notes))
+
+
+def _judge(
+    rec: RawRecord,
+    descs: dict[str, TemplateDescriptor],
+    keys: _Keys,
+    strict_sigs: bool,
+    policy: RuntimePolicy | None,
+    excl: Any,
+    findings: list[Finding],
+) -> None:
+    if rec.name is not None and rec.file_digest is not None:
+        # Fast path: the ASCII reader already split out the name, digest and signature.
+        path = rec.name.decode("utf-8", "surrogateescape")
+        if policy is not None and rec.sig is None and rec.template_name == "ima-ng":
+            if excl is not None and excl.match(path):
+                return
+            allowed = policy.digests.get(path)
+            hexd = rec.file_digest[1].hex()
+            if allowed is None:
+                findings.append(
+                    Finding(
+                        "not-in-policy", f"{path} is not in the runtime policy", rec.index, path
+                    )
+                )
+            elif hexd not in allowed:
+                findings.append(
+                    Finding(
+                        "digest-not-allowed",
+                        f"{path}: digest {hexd} is not among the allowed digests",
+                        rec.index,
+                        path,
+                    )
+                )
+            return
+        fields = {"sig": rec.sig or b"", "buf": rec.sig or b""}
+        try:
+            algo = by_name(rec.file_digest[0])
+        except FormatError as e:
+            findings.append(Finding("parse", str(e), rec.index, path))
+            return
+        digest = rec.file_digest[1]
+    else:
+        try:
+            fields = _decode(rec, descs)
+        except FormatError as e:
+            findings.append(Finding("parse", str(e), rec.index))
+            return
+        raw_name = (fields.get("n-ng") or fields.get("n") or b"").rstrip(b"\0")
+        path = raw_name.decode("utf-8", "surrogateescape")
+        digest_field = fields.get("d-ng") or fields.get("d-ngv2")
+        if digest_field is not None:
+            fid = "d-ngv2" if "d-ngv2" in fields else "d-ng"
+            try:
+                _, algo, digest = decode_digest_field(digest_field, fid)
+            except FormatError as e:
+                findings.append(Finding("parse", str(e), rec.index, path))
+                return
+        else:
+            algo, digest = by_id(2), fields.get("d", b"")
+    signed_ok = False
+    sig = fields.get("sig", b"")
+    if rec.template_name in _SIG_TEMPLATES and sig and keys:
+        signed_ok = _check_signature(rec, path, algo.id, digest, sig, keys, strict_sigs, findings)
+    if policy is None:
+        return
+    if excl is not None and excl.match(path):
+        return
+    if signed_ok:
+        return
+    hexd = digest.hex()
+    if rec.template_name == "ima-buf":
+        buf = fields.get("buf", b"")
+        key = _as_key(buf)
+        if key is not None:
+            if "*" in policy.ignored_keyrings or path in policy.ignored_keyrings:
+                return
+            allowed = policy.keyrings.get(path)
+            if allowed is None or hexd not in allowed:
+                findings.append(
+                    Finding(
+                        "not-in-policy",
+                        f"key measured into {path} is not allowed by the policy's keyrings",
+                        rec.index,
+                        path,
+                    )
+                )
+                return
+            keys.add(key)  # learned, as Keylime does
+            return
+        allowed = policy.ima_buf.get(path)
+        if allowed is None or hexd not in allowed:
+            findings.append(
+                Finding(
+                    "not-in-policy",
+                    f"ima-buf {path} with digest {hexd} is not allowed by the policy",
+                    rec.index,
+                    path,
+                )
+            )
+        return
+    allowed = policy.digests.get(path)
+    if allowed is None:
+        findings.append(
+            Finding("not-in-policy", f"{path} is not in the runtime policy", rec.index, path)
+        )
+    elif hexd not in allowed:
+        findings.append(
+            Finding(
+                "digest-not-allowed",
+                f"{path}: digest {hexd} is not among the allowed digests",
+                rec.index,
+                path,
+            )
+        )
+
+
+def _as_key(buf: bytes) -> PublicKey | None:
+    if not buf:
+        return None
+    from cryptography import x509
+
+    try:
+        return load_public_key(buf)
+    except KeyLoadError:
+        pass
+    try:
+        key = x509.load_der_x509_certificate(buf).public_key()
+    except ValueError:
+        return None
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    return key if isinstance(key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey) else None
+
+
+def _check_signature(
+    rec: RawRecord,
+    path: str,
+    algo_id: int,
+    digest: bytes,
+    sig: bytes,
+    keys: _Keys,
+    strict: bool,
+    findings: list[Finding],
+) -> bool:
+    try:
+        value = SignatureValue.parse(sig)
+    except FormatError as e:
+        if strict:
+            findings.append(Finding("signature-malformed", str(e), rec.index, path))
+        return False
+    if value.version != 2 or value.algorithm.id != algo_id:
+        if strict:
+            findings.append(
+                Finding(
+                    "signature-invalid",
+                    "signature algorithm or version does not match the digest",
+                    rec.index,
+                    path,
+                )
+            )
+        return False
+    candidates = keys.by_id.get(value.key_id, [])
+    if not candidates:
+        if strict:
+            findings.append(
+                Finding("unknown-key", f"no key with id {value.key_id:08x}", rec.index, path)
+            )
+        return False
+    if any(verify_prehashed(k, value.algorithm, digest, value.signature) for k in candidates):
+        return True
+    if strict:
+        findings.append(Finding("signature-invalid", "signature does not verify", rec.index, path))
+    return False
