@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from tests.clirun import run_in_process
 
+from helpers.clirun import run_in_process
 from imaguard.errors import BackendError
 from imaguard.service import STATUS_KEYS, ControlServer, query_status, status_document
 
