@@ -47,6 +47,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from imaguard.enforce._fanotify import FAN_OPEN_EXEC_PERM, FAN_OPEN_PERM, pidfd_alive
+from imaguard.errors import Error
 from imaguard.policy import Subject
 
 MAY_EXEC = 0x1
@@ -173,7 +174,7 @@ class EventSubject:
     comm: str | None
 
 
-class SubjectGoneError(Exception):
+class SubjectGoneError(Error):
     """The process that raised the event is gone or was replaced while it was read."""
 
 

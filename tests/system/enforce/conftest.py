@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -95,7 +96,17 @@ class Daemon:
         return self.proc.stdout.readline().strip()
 
     def stats(self) -> dict[str, Any]:
-        return json.loads(self._cmd("stats"))  # type: ignore[no-any-return]
+        """The counters once they settle: a worker counts an event just after answering it,
+        so the caller may already be running when the count moves."""
+        last: dict[str, Any] = json.loads(self._cmd("stats"))
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            time.sleep(0.1)
+            now: dict[str, Any] = json.loads(self._cmd("stats"))
+            if now == last:
+                break
+            last = now
+        return last
 
     def flush(self) -> None:
         assert self._cmd("flush") == "OK"

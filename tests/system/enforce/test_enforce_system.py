@@ -13,6 +13,7 @@ import pytest
 from .conftest import (
     EXEC_SNIPPET,
     POLICY,
+    child_env,
     copy_true,
     enforcer,
     exec_result,
@@ -342,3 +343,32 @@ def test_no_ignore_mark_while_a_writer_holds_the_file(env) -> None:  # type: ign
         hold.wait(10)
         if hold.stdout is not None:
             hold.stdout.close()
+
+
+def test_marking_a_missing_path_names_it(fanotify_ok: None, tmp_path: Path) -> None:
+    from imaguard.enforce import FanotifyGroup
+    from imaguard.errors import BackendError
+
+    missing = tmp_path / "not-there"
+    with FanotifyGroup.create() as group, pytest.raises(BackendError, match="not-there"):
+        group.mark_filesystem(str(missing))
+
+
+def test_creating_a_group_without_privilege_says_so(fanotify_ok: None) -> None:
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("setpriv(1) is not installed")
+    code = (
+        "from imaguard.enforce import FanotifyGroup\n"
+        "from imaguard.errors import BackendError\n"
+        "try:\n"
+        "    FanotifyGroup.create()\n"
+        "except BackendError as e:\n"
+        "    print(e)\n"
+    )
+    r = run(
+        [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", code],
+        env=child_env(),
+        cwd="/",
+    )
+    assert "CAP_SYS_ADMIN" in r.stdout, r.stderr
