@@ -64,6 +64,8 @@ bench: deps $(STAMP) $(TPM_STAMP) $(KEYLIME_STAMP)
 	$(PY) bench/bench_policy.py --json bench/out/policy.json
 	$(PY) bench/bench_measure.py --json bench/out/measure.json
 	$(PY) bench/bench_core.py --json bench/out/core.json
+	bash scripts/install-fapolicyd.sh
+	$(PY) bench/bench_daemon.py --json bench/out/daemon.json
 
 clean:
 	rm -rf $(VENV) $(KEYLIME_VENV) .pytest_cache .mypy_cache .ruff_cache .coverage build dist src/*.egg-info demo-tree

@@ -30,6 +30,7 @@ from imaguard.appraise._batch import Result
 from imaguard.appraise._calls import Require
 from imaguard.appraise._sigstore import STORE_NAMES, SidecarStore, SignatureStore, store_for
 from imaguard.appraise._verdict import Cause, Status, Verdict
+from imaguard.cli import _daemon
 from imaguard.crypto._keytypes import KEY_TYPES
 from imaguard.errors import Error
 from imaguard.formats import hashalgo
@@ -206,6 +207,10 @@ def cli(ctx: click.Context, verbose: int) -> None:
     """imaguard: sign, verify and hash files the way the kernel's IMA and evmctl do."""
     _configure_logging(verbose)
     ctx.obj = {"verbose": verbose}
+
+
+cli.add_command(_daemon.daemon)
+cli.add_command(_daemon.status)
 
 
 @cli.group()
