@@ -19,6 +19,8 @@ SUBPACKAGES = (
     "imaguard.policy",
     "imaguard.measure",
     "imaguard.core",
+    "imaguard.enforce",
+    "imaguard.service",
 )
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -70,6 +72,12 @@ def test_star_import_gives_all(name: str) -> None:
     assert {k for k in ns if k != "__builtins__"} == set(_package(name).__all__)
 
 
+# Layers docs/architecture.md names as planned (not built yet).
+PLANNED = frozenset({"imaguard.loaders"})
+# File names, not Python names (`imaguard.toml`, the daemon's configuration).
+FILE_NAMES = frozenset({"imaguard.toml"})
+
+
 def _documented_names() -> list[str]:
     texts = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
     found: set[str] = set()
@@ -77,10 +85,11 @@ def _documented_names() -> list[str]:
         if not path.exists():
             continue
         text = path.read_text()
-        found.update(re.findall(r"\bimaguard(?:\.[A-Za-z_]\w*)+", text))
+        # not a file name such as /etc/imaguard/imaguard.toml
+        found.update(re.findall(r"(?<![/\w.-])imaguard(?:\.[A-Za-z_]\w*)+", text))
         for module, names in re.findall(r"from (imaguard(?:\.\w+)*) import ([\w, ]+)", text):
             found.update(f"{module}.{n.strip()}" for n in names.split(",") if n.strip())
-    return sorted(found)
+    return sorted(found - PLANNED - FILE_NAMES)
 
 
 def test_the_readme_names_something() -> None:

@@ -243,6 +243,7 @@ def elf_type(fd: int) -> int | None:
 
 
 def is_loader(exe: str | None) -> bool:
+    """True when ``exe`` is the dynamic loader (ld-linux*.so*, ld.so*, ld-musl*)."""
     if not exe:
         return False
     base = os.path.basename(exe)
