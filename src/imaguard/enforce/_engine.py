@@ -118,7 +118,7 @@ _LEASE_SIGNAL = signal.SIGWINCH  # default action: ignore (a lease break cannot 
 
 @dataclass(frozen=True)
 class EnforcerStats:
-    """Counters of one Enforcer: answers given, the queue, kernel ignore marks, the Guard's cache."""
+    """Counters of one Enforcer: answers, the queue, kernel ignore marks, the Guard's cache."""
 
     allowed: int
     denied: int
