@@ -91,6 +91,7 @@ class Config:
     workers: int = 4
     queue_limit: int = 4096
     open_events: bool = True
+    cache_opens: bool = False
     audit_syslog: bool = False
     restart_delay_max: float = 5.0
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
@@ -123,6 +124,7 @@ _TOP_KEYS = {
     "workers",
     "queue_limit",
     "open_events",
+    "cache_opens",
     "audit_syslog",
     "restart_delay_max",
 }
@@ -240,6 +242,7 @@ def _from_document(doc: dict[str, Any], r: _Reader) -> Config:
     workers = r.integer("workers", doc.get("workers", 4), 1, 64)
     queue_limit = r.integer("queue_limit", doc.get("queue_limit", 4096), 1, 1 << 20)
     open_events = r.boolean("open_events", doc.get("open_events", True))
+    cache_opens = r.boolean("cache_opens", doc.get("cache_opens", False))
     audit_syslog = r.boolean("audit_syslog", doc.get("audit_syslog", False))
     delay = doc.get("restart_delay_max", 5.0)
     if type(delay) not in (int, float) or not 0 <= delay <= 300:
@@ -259,6 +262,7 @@ def _from_document(doc: dict[str, Any], r: _Reader) -> Config:
         workers=workers,
         queue_limit=queue_limit,
         open_events=open_events,
+        cache_opens=cache_opens,
         audit_syslog=audit_syslog,
         restart_delay_max=float(delay),
     )

@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             interpreters=cfg.interpreters if cfg.interpreters is not None else DEFAULT_INTERPRETERS,
             workers=cfg.workers,
             queue_limit=cfg.queue_limit,
+            open_marks=cfg.cache_opens,
             own_pids=(args.supervisor_pid,),
             inflight_path=os.path.join(cfg.state, "inflight"),
         )

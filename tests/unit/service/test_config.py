@@ -43,6 +43,7 @@ tpm = "swtpm:host=127.0.0.1,port=2321"
 workers = 2
 queue_limit = 100
 open_events = false
+cache_opens = true
 audit_syslog = true
 restart_delay_max = 1.5
 
@@ -77,6 +78,7 @@ rules = "measure func=BPRM_CHECK"
     assert cfg.tpm == "swtpm:host=127.0.0.1,port=2321"
     assert (cfg.workers, cfg.queue_limit) == (2, 100)
     assert cfg.open_events is False
+    assert cfg.cache_opens is True
     assert cfg.audit_syslog is True
     assert cfg.restart_delay_max == 1.5
     p0, p1, p2 = cfg.policies
@@ -108,6 +110,7 @@ def test_defaults(write_config: WriteConfig) -> None:
     assert cfg.interpreters is None
     assert cfg.tpm is None
     assert cfg.policy_keyrings is None
+    assert cfg.cache_opens is False  # safe default: a write open always reaches the daemon
     assert (cfg.workers, cfg.queue_limit, cfg.open_events, cfg.audit_syslog) == (
         4,
         4096,
@@ -168,6 +171,7 @@ BAD = [
     ("workers", "workers = true\n" + WATCH + POLICY),
     ("queue_limit", 'queue_limit = "8"\n' + WATCH + POLICY),
     ("open_events", 'open_events = "yes"\n' + WATCH + POLICY),
+    ("cache_opens", 'cache_opens = 1\n' + WATCH + POLICY),
     ("audit_syslog", "audit_syslog = 1\n" + WATCH + POLICY),
     ("restart_delay_max", "restart_delay_max = -1\n" + WATCH + POLICY),
     ("policy", WATCH),
