@@ -1,4 +1,4 @@
-"""The CLI contract of the integrity core: ``imaguard check``, ``info``, ``evm sign|verify``."""
+"""The CLI contract of the integrity core: ``imaguard check``, ``show``/``info``, ``evm``."""
 
 from __future__ import annotations
 
@@ -315,7 +315,7 @@ def test_check_errors_exit_2_as_a_subprocess(tmp_path: Path, signed: Path) -> No
     assert ":2:" in r.stderr  # the offending line
 
 
-# -- imaguard info --------------------------------------------------------------------------------
+# -- imaguard show (info is its old, hidden spelling) ----------------------------------------
 
 
 def test_info_signed_not_signed_malformed(
@@ -350,7 +350,7 @@ def test_info_json(
 ) -> None:
     code, out, _ = run_main(capsys, "info", "--json", signed)
     assert code == 0
-    doc = json.loads(out)
+    [doc] = json.loads(out)
     assert doc["signed"] is True
     assert doc["present"] is True
     assert doc["key_id"] == f"{rsa_key.key_id:08x}"
@@ -358,8 +358,9 @@ def test_info_json(
     assert doc["type"] == "0x03"
     assert doc["error"] is None
     code, out, _ = run_main(capsys, "info", "--json", make_file("bare"))
-    assert json.loads(out)["present"] is False
-    assert json.loads(out)["signed"] is False
+    [doc] = json.loads(out)
+    assert doc["present"] is False
+    assert doc["signed"] is False
 
 
 def test_info_errors_exit_2(capsys: Capsys, tmp_path: Path) -> None:
@@ -367,6 +368,22 @@ def test_info_errors_exit_2(capsys: Capsys, tmp_path: Path) -> None:
     assert code == 2
     assert out == ""
     assert "missing" in err
+
+
+def test_info_is_show_with_several_paths(
+    capsys: Capsys, signed: Path, make_file: Callable[..., Path]
+) -> None:
+    bare = make_file("bare")
+    for fmt in ((), ("--json",)):
+        shown = run_main(capsys, "show", *fmt, signed, bare)
+        assert run_main(capsys, "info", *fmt, signed, bare) == shown
+        assert shown[0] == 0
+    assert len(shown[1]) > 0
+    assert [d["path"] for d in json.loads(shown[1])] == [str(signed), str(bare)]
+    code, out, _ = run_main(capsys, "--help")
+    assert code == 0
+    assert " show " in out
+    assert " info " not in out
 
 
 # -- imaguard evm sign|verify -------------------------------------------------------------------

@@ -1,0 +1,276 @@
+"""The ``policy`` verbs: check, show, eval and runtime (Keylime runtime policies)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from imaguard.cli._common import (
+    EXIT_ERROR,
+    EXIT_FAILED,
+    EXIT_OK,
+    Exit,
+    err,
+    policy_spec,
+    read_file,
+    write_atomic,
+)
+from imaguard.cli._options import algorithm_option, json_option, mask_option, policy_options
+from imaguard.errors import Error, UsageError
+
+
+@click.group()
+def policy() -> None:
+    """Check, print and evaluate IMA policies."""
+
+
+_MODE = click.option(
+    "--mode",
+    type=click.Choice(["kernel", "imaguard"]),
+    default="kernel",
+    show_default=True,
+    help="kernel: exactly the kernel's grammar; imaguard: plus app hooks, path=, cache=no.",
+)
+
+
+def _read_policy_file(path: str, mode: str, name: str | None = None) -> Any:
+    from imaguard.policy import parse_policy
+
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise Error(f"{path}: cannot read policy: {e.strerror or e}") from e
+    return parse_policy(data, mode=mode, source=name or path)  # type: ignore[arg-type]
+
+
+def _builtin(names: str) -> Any:
+    from imaguard.policy import builtin_policy
+
+    return builtin_policy(names)
+
+
+@policy.command("check")
+@_MODE
+@click.argument("files", nargs=-1, required=True, type=click.Path())
+def policy_check(mode: str, files: tuple[str, ...]) -> None:
+    """Validate policy files: exit 0 valid, 1 invalid (FILE:LINE:COL: reason), 2 unreadable."""
+    from imaguard.errors import PolicyError
+
+    code = EXIT_OK
+    for path in files:
+        try:
+            p = _read_policy_file(path, mode)
+        except PolicyError as e:
+            for source, line, col, reason in e.problems:
+                click.echo(f"{source}:{line}:{col}: {reason}")
+            if not e.problems:
+                click.echo(f"{path}: {e}")
+            code = max(code, EXIT_FAILED)
+            continue
+        except Error as e:
+            err(str(e))
+            code = EXIT_ERROR
+            continue
+        click.echo(f"{path}: ok ({len(p)} rules)", err=True)
+    raise Exit(code)
+
+
+@policy.command("show")
+@click.option(
+    "--builtin",
+    "builtin_names",
+    default=None,
+    help="Built-in names, as ima_policy= (tcb|appraise_tcb).",
+)
+@_MODE
+@click.argument("file", required=False, type=click.Path())
+def policy_show(builtin_names: str | None, mode: str, file: str | None) -> None:
+    """Print a policy in the kernel's read-back format (one canonical line per rule)."""
+    if (builtin_names is None) == (file is None):
+        raise click.UsageError("give a policy FILE or --builtin NAMES (one of them)")
+    pol = (
+        _builtin(builtin_names).policy
+        if builtin_names is not None
+        else _read_policy_file(file or "", mode)
+    )
+    click.echo(pol.text(), nl=False)
+    raise Exit(EXIT_OK)
+
+
+@policy.command("eval")
+@policy_options
+@_MODE
+@click.option("--func", "func", required=True, help="The hook (FILE_CHECK, BPRM_CHECK, ...).")
+@mask_option
+@click.option("--uid", type=int, default=None)
+@click.option("--euid", type=int, default=None)
+@click.option("--gid", type=int, default=None)
+@click.option("--egid", type=int, default=None)
+@click.option("--fowner", type=int, default=None)
+@click.option("--fgroup", type=int, default=None)
+@click.option("--fsmagic", default=None, help="Filesystem magic, hexadecimal.")
+@click.option("--fsname", default=None)
+@click.option("--fsuuid", default=None)
+@click.option("--path", "obj_path", default=None)
+@click.option("--cap-setuid", is_flag=True)
+@click.option("--cap-setgid", is_flag=True)
+@click.option("--subj-user", default=None)
+@click.option("--subj-role", default=None)
+@click.option("--subj-type", default=None)
+@click.option("--obj-user", default=None)
+@click.option("--obj-role", default=None)
+@click.option("--obj-type", default=None)
+@click.option("--keyring", "keyring_name", default=None, help="Keyring name (KEY_CHECK).")
+@click.option("--label", default=None, help="Data label (CRITICAL_DATA).")
+@json_option("Print one JSON object.")
+def policy_eval(
+    policies: tuple[str, ...],
+    builtin_names: str | None,
+    mode: str,
+    func: str,
+    mask: str | None,
+    uid: int | None,
+    euid: int | None,
+    gid: int | None,
+    egid: int | None,
+    fowner: int | None,
+    fgroup: int | None,
+    fsmagic: str | None,
+    fsname: str | None,
+    fsuuid: str | None,
+    obj_path: str | None,
+    cap_setuid: bool,
+    cap_setgid: bool,
+    subj_user: str | None,
+    subj_role: str | None,
+    subj_type: str | None,
+    obj_user: str | None,
+    obj_role: str | None,
+    obj_type: str | None,
+    keyring_name: str | None,
+    label: str | None,
+    as_json: bool,
+) -> None:
+    """Decide which actions the policy (or policy set) demands for one request."""
+    from imaguard.policy import Object, PolicySet, Request, Subject, hook_name, parse_mask
+
+    if not policies and builtin_names is None:
+        raise click.UsageError("give --policy [NAME=]FILE (repeatable) or --builtin NAMES")
+    pset = PolicySet()
+    if builtin_names is not None:
+        b = _builtin(builtin_names)
+        pset.add("builtin", b.policy, fail_securely=b.fail_securely)
+    for spec in policies:
+        name, path = policy_spec(spec)
+        pset.add(name, _read_policy_file(path, mode, None))
+    magic = None
+    if fsmagic is not None:
+        try:
+            magic = int(fsmagic, 16)
+        except ValueError:
+            raise click.BadParameter(
+                f"{fsmagic!r} is not hexadecimal", param_hint="--fsmagic"
+            ) from None
+    try:
+        hook = hook_name(func, mode)  # type: ignore[arg-type]
+    except UsageError as e:
+        raise click.BadParameter(str(e), param_hint="--func") from None
+    data = keyring_name if hook == "KEY_CHECK" else label
+    req = Request(
+        hook,
+        parse_mask(mask),
+        Subject(
+            uid=uid,
+            euid=euid,
+            gid=gid,
+            egid=egid,
+            cap_setuid=cap_setuid,
+            cap_setgid=cap_setgid,
+            user=subj_user,
+            role=subj_role,
+            type=subj_type,
+        ),
+        Object(
+            fowner=fowner,
+            fgroup=fgroup,
+            fsmagic=magic,
+            fsname=fsname,
+            fsuuid=fsuuid,
+            user=obj_user,
+            role=obj_role,
+            type=obj_type,
+            path=obj_path,
+        ),
+        data,
+    )
+    decision = pset.evaluate(req)
+    if as_json:
+        click.echo(json.dumps(decision.to_json(), indent=2))
+    else:
+        kinds = [k for k in ("measure", "appraise", "audit", "hash") if getattr(decision, k)]
+        click.echo("actions: " + (", ".join(kinds) if kinds else "none"))
+        if decision.appraise_type:
+            click.echo(f"appraise_type: {decision.appraise_type}")
+        if decision.appraise_algos is not None:
+            click.echo("appraise_algos: " + ",".join(decision.appraise_algos))
+        if decision.measure:
+            click.echo(f"pcr: {decision.pcr}  template: {decision.template or '(default)'}")
+        for p in decision.provenance:
+            click.echo(f"  {p.action:<14} {p.policy}:{p.line}: {p.rule}")
+        if decision.conflict:
+            click.echo(f"CONFLICT (fails closed): {decision.conflict.reason}")
+    raise Exit(EXIT_OK)
+
+
+@policy.command("runtime")
+@click.option(
+    "--from-log",
+    "from_log",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="A binary or ASCII measurement list.",
+)
+@click.option(
+    "--from-tree",
+    "from_tree",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="A directory: allow the current content of every file.",
+)
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False))
+@click.option("--exclude", "excludes", multiple=True, help="Regex of paths to exclude (re.match).")
+@algorithm_option("Digest algorithm for --from-tree.")
+@click.option(
+    "--boot-aggregate",
+    "boot_aggregates",
+    multiple=True,
+    help="Accepted boot_aggregate hex (--from-tree).",
+)
+def policy_runtime(
+    from_log: str | None,
+    from_tree: str | None,
+    output: str,
+    excludes: tuple[str, ...],
+    algorithm: str,
+    boot_aggregates: tuple[str, ...],
+) -> None:
+    """Generate a Keylime runtime policy from a log or a directory tree."""
+    from imaguard.measure import policy_from_records, policy_from_tree, records_from_any
+
+    if (from_log is None) == (from_tree is None):
+        raise click.UsageError("give --from-log F or --from-tree DIR (one of them)")
+    if from_log is not None:
+        records, log_hash, problem = records_from_any(read_file(from_log))
+        if problem is not None:
+            raise Error(f"{from_log}: {problem.message}")
+        pol = policy_from_records(records, log_hash_alg=log_hash, excludes=excludes)
+    else:
+        pol = policy_from_tree(
+            from_tree or "", algorithm=algorithm, excludes=excludes, boot_aggregates=boot_aggregates
+        )
+    write_atomic(output, pol.serialize().encode())
+    click.echo(f"{output}: {len(pol.digests)} paths", err=True)
+    raise Exit(EXIT_OK)
