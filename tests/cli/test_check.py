@@ -180,11 +180,36 @@ def test_check_policy_mode_imaguard_application_hook(
     assert code == 1
     assert [d["allowed"] for d in ds] == [True, False]
     assert ds[0]["hook"] == "PLUGIN_CHECK"
-    code, _, err = check(
+    # imaguard mode is the default (the kernel grammar is a subset of it)
+    code, ds, _ = check(
         capsys, "--policy", pol, "--keyring", rsa_dir, "--hook", "PLUGIN_CHECK", signed
-    )  # kernel mode (the default) refuses an application hook
+    )
+    assert code == 0
+    assert [d["allowed"] for d in ds] == [True]
+    code, _, err = check(
+        capsys, "--policy", pol, "--policy-mode", "kernel", "--keyring", rsa_dir,
+        "--hook", "PLUGIN_CHECK", signed,
+    )  # fmt: skip  # kernel mode refuses an application hook
     assert code == 2
     assert "PLUGIN_CHECK" in err
+
+
+def test_guard_from_files_reads_imaguard_mode_by_default(tmp_path: Path, rsa_dir: Path) -> None:
+    pol = write_policy(tmp_path, "plugins", "appraise func=PLUGIN_CHECK appraise_type=imasig\n")
+    with imaguard.Guard.from_files({"plugins": pol}, [rsa_dir]) as guard:
+        assert guard.policies.names() == ["plugins"]
+    with pytest.raises(imaguard.PolicyError):
+        imaguard.Guard.from_files({"plugins": pol}, [rsa_dir], policy_mode="kernel")
+
+
+def test_check_hook_is_validated(capsys: Capsys, tmp_path: Path, signed: Path) -> None:
+    pol = write_policy(tmp_path, "exec", EXEC_SIG)
+    code, _, err = check(capsys, "--policy", pol, "--hook", "bprm_check", signed)
+    assert code == 2
+    assert "bprm_check" in err
+    code, _, err = check(capsys, "--policy", pol, signed)
+    assert code == 2
+    assert "--hook" in err
 
 
 def test_check_state_keeps_log_and_cache(
@@ -292,7 +317,7 @@ def test_check_errors_exit_2_without_traceback(
     empty = tmp_path / "empty"
     empty.mkdir()
     args: dict[str, tuple[str | os.PathLike[str], ...]] = {
-        "bad-policy": ("--policy", write_policy(tmp_path, "bad", "appraise func=NOPE\n"),
+        "bad-policy": ("--policy", write_policy(tmp_path, "bad", "appraise bogus=1\n"),
                        "--keyring", rsa_dir),
         "missing-policy": ("--policy", tmp_path / "nope.policy", "--keyring", rsa_dir),
         "missing-keyring": ("--policy", good, "--keyring", tmp_path / "no-such-dir"),

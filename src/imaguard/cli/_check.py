@@ -10,9 +10,12 @@ import click
 
 from imaguard.cli._common import EXIT_FAILED, EXIT_OK, Exit, policy_spec
 from imaguard.cli._options import (
+    check_hook,
+    hook_option,
     json_option,
     keyring_option,
     mask_option,
+    policy_mode_option,
     policy_options,
     resolve_store,
     store_options,
@@ -25,9 +28,7 @@ if TYPE_CHECKING:
 
 @click.command()
 @policy_options
-@click.option(
-    "--policy-mode", type=click.Choice(["kernel", "imaguard"]), default="kernel", show_default=True
-)
+@policy_mode_option("imaguard")
 @keyring_option("Trusted certificates (file or directory); repeatable.")
 @click.option(
     "--state",
@@ -35,9 +36,7 @@ if TYPE_CHECKING:
     type=click.Path(file_okay=False),
     help="Keeps the measurement log, the integrity cache and the audit trail.",
 )
-@click.option(
-    "--hook", required=True, help="BPRM_CHECK, FILE_CHECK, MMAP_CHECK, ... or an app hook."
-)
+@hook_option()
 @mask_option
 @click.option("--as-uid", type=int, default=None, help="Decide as this uid (default: the caller).")
 @click.option(
@@ -45,7 +44,7 @@ if TYPE_CHECKING:
     type=click.Choice(["enforce", "log", "fix", "off"]),
     default="enforce",
     show_default=True,
-    help="As the kernel's ima_appraise=.",
+    help="Enforcement mode, as the kernel's ima_appraise=.",
 )
 @store_options
 @click.option(
@@ -59,10 +58,10 @@ if TYPE_CHECKING:
 def check(
     policies: tuple[str, ...],
     builtin_names: str | None,
-    policy_mode: str,
+    policy_mode: str | None,
     keyrings: tuple[str, ...],
     state: str | None,
-    hook: str,
+    hook: str | None,
     mask: str | None,
     as_uid: int | None,
     mode: str,
@@ -76,6 +75,8 @@ def check(
     from imaguard.core import Guard, current_subject
     from imaguard.policy import Subject
 
+    policy_mode = policy_mode or "imaguard"
+    hook = check_hook(hook, policy_mode)
     if not policies and builtin_names is None:
         raise click.UsageError("give --policy [NAME=]FILE (repeatable) or --builtin NAMES")
     named = dict(policy_spec(p) for p in policies)

@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 import click
 
 from imaguard.appraise import STORE_NAMES, SignatureStore, store_for
+from imaguard.cli._common import pick_alias
 from imaguard.formats import hashalgo
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -127,3 +128,55 @@ def policy_options(f: F) -> F:
 def mask_option(f: F) -> F:
     """``--mask``."""
     return click.option("--mask", default=None, help="MAY_READ, or several joined by '|'.")(f)
+
+
+def policy_mode_option(default: str, *, old_mode_flag: bool = False) -> Callable[[F], F]:
+    """``--policy-mode kernel|imaguard``: the grammar policies are read in.
+
+    With OLD_MODE_FLAG, ``--mode`` is accepted too, hidden: the ``policy`` verbs' old
+    spelling (``--mode`` now means the enforcement mode only, in ``check``).
+    """
+
+    def decorate(f: F) -> F:
+        if old_mode_flag:
+            f = click.option(
+                "--mode", "old_mode", type=click.Choice(POLICY_MODES), default=None, hidden=True
+            )(f)
+        return click.option(
+            "--policy-mode",
+            type=click.Choice(POLICY_MODES),
+            default=None,
+            help="kernel: exactly the kernel's grammar; imaguard: plus application hooks, "
+            f"path=, cache=no (a superset). [default: {default}]",
+        )(f)
+
+    return decorate
+
+
+def hook_option(*, old_func_flag: bool = False) -> Callable[[F], F]:
+    """``--hook NAME``: the hook a request comes from (kernel func= name or an app hook)."""
+
+    def decorate(f: F) -> F:
+        if old_func_flag:
+            f = click.option("--func", "old_func", default=None, hidden=True)(f)
+        return click.option(
+            "--hook",
+            default=None,
+            help="BPRM_CHECK, FILE_CHECK, MMAP_CHECK, ... or an application hook (required).",
+        )(f)
+
+    return decorate
+
+
+def check_hook(hook: str | None, policy_mode: str, old_func: str | None = None) -> str:
+    """The canonical hook name given by ``--hook`` (or its old spelling ``--func``)."""
+    from imaguard.errors import UsageError
+    from imaguard.policy import hook_name
+
+    given = pick_alias(hook, old_func, "--hook", "--func")
+    if given is None:
+        raise click.UsageError("give --hook NAME (BPRM_CHECK, FILE_CHECK, ...)")
+    try:
+        return hook_name(str(given), policy_mode)  # type: ignore[arg-type]
+    except UsageError as e:
+        raise click.BadParameter(str(e), param_hint="--hook") from None

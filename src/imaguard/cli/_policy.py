@@ -13,12 +13,21 @@ from imaguard.cli._common import (
     EXIT_OK,
     Exit,
     err,
+    pick_alias,
     policy_spec,
     read_file,
     write_atomic,
 )
-from imaguard.cli._options import algorithm_option, json_option, mask_option, policy_options
-from imaguard.errors import Error, UsageError
+from imaguard.cli._options import (
+    algorithm_option,
+    check_hook,
+    hook_option,
+    json_option,
+    mask_option,
+    policy_mode_option,
+    policy_options,
+)
+from imaguard.errors import Error
 
 
 @click.group()
@@ -26,13 +35,11 @@ def policy() -> None:
     """Check, print and evaluate IMA policies."""
 
 
-_MODE = click.option(
-    "--mode",
-    type=click.Choice(["kernel", "imaguard"]),
-    default="kernel",
-    show_default=True,
-    help="kernel: exactly the kernel's grammar; imaguard: plus app hooks, path=, cache=no.",
-)
+_MODE = policy_mode_option("kernel", old_mode_flag=True)
+
+
+def _policy_mode(policy_mode: str | None, old_mode: str | None) -> str:
+    return str(pick_alias(policy_mode, old_mode, "--policy-mode", "--mode") or "kernel")
 
 
 def _read_policy_file(path: str, mode: str, name: str | None = None) -> Any:
@@ -55,10 +62,11 @@ def _builtin(names: str) -> Any:
 @policy.command("check")
 @_MODE
 @click.argument("files", nargs=-1, required=True, type=click.Path())
-def policy_check(mode: str, files: tuple[str, ...]) -> None:
+def policy_check(policy_mode: str | None, old_mode: str | None, files: tuple[str, ...]) -> None:
     """Validate policy files: exit 0 valid, 1 invalid (FILE:LINE:COL: reason), 2 unreadable."""
     from imaguard.errors import PolicyError
 
+    mode = _policy_mode(policy_mode, old_mode)
     code = EXIT_OK
     for path in files:
         try:
@@ -87,14 +95,16 @@ def policy_check(mode: str, files: tuple[str, ...]) -> None:
 )
 @_MODE
 @click.argument("file", required=False, type=click.Path())
-def policy_show(builtin_names: str | None, mode: str, file: str | None) -> None:
+def policy_show(
+    builtin_names: str | None, policy_mode: str | None, old_mode: str | None, file: str | None
+) -> None:
     """Print a policy in the kernel's read-back format (one canonical line per rule)."""
     if (builtin_names is None) == (file is None):
         raise click.UsageError("give a policy FILE or --builtin NAMES (one of them)")
     pol = (
         _builtin(builtin_names).policy
         if builtin_names is not None
-        else _read_policy_file(file or "", mode)
+        else _read_policy_file(file or "", _policy_mode(policy_mode, old_mode))
     )
     click.echo(pol.text(), nl=False)
     raise Exit(EXIT_OK)
@@ -103,7 +113,7 @@ def policy_show(builtin_names: str | None, mode: str, file: str | None) -> None:
 @policy.command("eval")
 @policy_options
 @_MODE
-@click.option("--func", "func", required=True, help="The hook (FILE_CHECK, BPRM_CHECK, ...).")
+@hook_option(old_func_flag=True)
 @mask_option
 @click.option("--uid", type=int, default=None)
 @click.option("--euid", type=int, default=None)
@@ -129,8 +139,10 @@ def policy_show(builtin_names: str | None, mode: str, file: str | None) -> None:
 def policy_eval(
     policies: tuple[str, ...],
     builtin_names: str | None,
-    mode: str,
-    func: str,
+    policy_mode: str | None,
+    old_mode: str | None,
+    hook: str | None,
+    old_func: str | None,
     mask: str | None,
     uid: int | None,
     euid: int | None,
@@ -155,8 +167,10 @@ def policy_eval(
     as_json: bool,
 ) -> None:
     """Decide which actions the policy (or policy set) demands for one request."""
-    from imaguard.policy import Object, PolicySet, Request, Subject, hook_name, parse_mask
+    from imaguard.policy import Object, PolicySet, Request, Subject, parse_mask
 
+    mode = _policy_mode(policy_mode, old_mode)
+    hook = check_hook(hook, mode, old_func)
     if not policies and builtin_names is None:
         raise click.UsageError("give --policy [NAME=]FILE (repeatable) or --builtin NAMES")
     pset = PolicySet()
@@ -174,10 +188,6 @@ def policy_eval(
             raise click.BadParameter(
                 f"{fsmagic!r} is not hexadecimal", param_hint="--fsmagic"
             ) from None
-    try:
-        hook = hook_name(func, mode)  # type: ignore[arg-type]
-    except UsageError as e:
-        raise click.BadParameter(str(e), param_hint="--func") from None
     data = keyring_name if hook == "KEY_CHECK" else label
     req = Request(
         hook,
