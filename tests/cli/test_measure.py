@@ -232,6 +232,30 @@ def test_show_export_and_pcrs(state: Path, tree: list[Path], tmp_path: Path) -> 
     assert sorted(text) == sorted(f"{b}:10 {v['10']}" for b, v in pcrs.items())
 
 
+def test_pcrs_format_evmctl_writes_evmctl_pcr_files(
+    state: Path, tree: list[Path], tmp_path: Path
+) -> None:
+    measured(state, tree)
+    pcrs = log_pcrs(state)
+    out = tmp_path / "pcrs"
+    r = imaguard_ok("log", "pcrs", "--state", state, "--format", "evmctl", "-o", out)
+    assert r.out.split() == [
+        "--pcrs", f"sha1,{out / 'pcrs-sha1.txt'}", "--pcrs", f"sha256,{out / 'pcrs-sha256.txt'}"
+    ]  # fmt: skip
+    for bank, size in (("sha1", 20), ("sha256", 32)):
+        lines = (out / f"pcrs-{bank}.txt").read_text().splitlines()
+        assert [line.split(": ")[0] for line in lines] == [f"PCR-{i:02d}" for i in range(24)]
+        values = [line.split(": ")[1] for line in lines]
+        assert values[10] == pcrs[bank]["10"]
+        assert all(v == "00" * size for i, v in enumerate(values) if i != 10)
+    assert json.loads(imaguard_ok("log", "pcrs", "--state", state, "--format", "json").stdout) == (
+        pcrs
+    )
+    assert_error(imaguard("log", "pcrs", "--state", state, "--format", "evmctl"), "-o DIR")
+    assert_error(imaguard("log", "pcrs", "--state", state, "-o", out), "-o DIR")
+    assert_error(imaguard("log", "pcrs", "--state", state, "--json", "--format", "text"), "--json")
+
+
 # -- log verify -------------------------------------------------------------------------
 
 
@@ -261,6 +285,29 @@ def test_verify_sources_and_outputs(state: Path, tree: list[Path], tmp_path: Pat
     doc = json.loads(r.stdout)
     assert doc["valid"] is False
     assert [f["code"] for f in doc["findings"]] == ["pcr-mismatch"]
+
+
+def test_verify_without_a_reference_says_pcrs_not_checked(
+    state: Path, tree: list[Path], tmp_path: Path
+) -> None:
+    measured(state, tree)
+    b = tmp_path / "b.bin"
+    imaguard_ok("log", "export", "--state", state, "--binary", b)
+    r = imaguard_ok("log", "verify", "--binary", b)
+    assert "PCRs not checked" in r.stderr
+    assert "internal consistency" in r.stderr
+    assert "4 entries: valid (PCRs not checked)" in r.stderr
+    doc = json.loads(imaguard_ok("log", "verify", "--binary", b, "--json").stdout)
+    assert doc["valid"] is True
+    assert doc["pcrs_checked"] is False
+    assert any("PCRs not checked" in n for n in doc["notes"])
+    pcrs = log_pcrs(state)
+    given = ("--pcrs", f"sha1={pcrs['sha1']['10']}")
+    r = imaguard_ok("log", "verify", "--binary", b, *given)
+    assert "not checked" not in r.stderr
+    doc = json.loads(imaguard_ok("log", "verify", "--binary", b, *given, "--json").stdout)
+    assert doc["pcrs_checked"] is True
+    assert not any("not checked" in n for n in doc["notes"])
 
 
 def test_verify_reports_every_finding(state: Path, tree: list[Path], tmp_path: Path) -> None:

@@ -166,25 +166,88 @@ def log_export(state: str, binary_out: str | None, ascii_out: str | None, bank: 
     raise Exit(EXIT_OK)
 
 
+# evmctl ima_measurement --pcrs ALGO,FILE reads only these banks (ima-evm-utils src/evmctl.c).
+_EVMCTL_BANKS = ("sha1", "sha256")
+
+
+def evmctl_pcr_file(bank: str, values: dict[int, str]) -> bytes:
+    """The PCR file ``evmctl ima_measurement --pcrs BANK,FILE`` reads: the lines
+    ``PCR-00: <hex>`` to ``PCR-23: <hex>`` in order (evmctl takes a line only when it is
+    the next index); PCRs the log does not touch hold zeros, their power-on value."""
+    zero = "00" * hashlib.new(bank).digest_size
+    return "".join(f"PCR-{i:02d}: {values.get(i, zero)}\n" for i in range(24)).encode()
+
+
 @log.command("pcrs")
 @_STATE
-@json_option()
-def log_pcrs(state: str, as_json: bool) -> None:
-    """The PCR values the log replays to, per bank."""
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json", "evmctl"]),
+    default=None,
+    help="text (BANK:PCR HEX lines, the default), json, or evmctl: write the PCR files "
+    "`evmctl ima_measurement --pcrs` reads into -o DIR and print those --pcrs arguments.",
+)
+@click.option(
+    "-o",
+    "--output-dir",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Where --format evmctl writes pcrs-sha1.txt and pcrs-sha256.txt.",
+)
+@json_option("Same as --format json.")
+def log_pcrs(state: str, fmt: str | None, output_dir: str | None, as_json: bool) -> None:
+    """The PCR values the log replays to, per bank.
+
+    With --format evmctl -o DIR it writes DIR/pcrs-sha1.txt and DIR/pcrs-sha256.txt and
+    prints the matching arguments, so that
+
+        evmctl ima_measurement $(imaguard log pcrs --state S --format evmctl -o D) LOG
+
+    checks an exported log (evmctl reads the sha1 and sha256 banks only).
+    """
+    import os
+
     from imaguard.measure import read_state, records_from_binary, verify_records
 
+    if as_json:
+        if fmt not in (None, "json"):
+            raise click.UsageError("--json conflicts with --format " + str(fmt))
+        fmt = "json"
+    fmt = fmt or "text"
+    if (fmt == "evmctl") != (output_dir is not None):
+        raise click.UsageError("--format evmctl needs -o DIR (and -o only goes with it)")
     data, banks = read_state(state)
     records, problem = records_from_binary(data, "sha1")
     if problem is not None:
         raise Error(f"{state}: {problem.message}")
     result = verify_records(records, banks=banks)
-    if as_json:
+    if fmt == "json":
         click.echo(
             json.dumps(
                 {b: {str(i): v for i, v in sorted(p.items())} for b, p in result.pcrs.items()},
                 indent=2,
             )
         )
+    elif fmt == "evmctl":
+        directory = output_dir or "."
+        try:
+            os.makedirs(directory, exist_ok=True)
+        except OSError as e:
+            raise Error(f"{directory}: cannot create: {e.strerror or e}") from e
+        args = []
+        for b in _EVMCTL_BANKS:
+            if b not in result.pcrs:
+                continue
+            path = os.path.join(directory, f"pcrs-{b}.txt")
+            write_atomic(path, evmctl_pcr_file(b, result.pcrs[b]))
+            args += ["--pcrs", f"{b},{path}"]
+        skipped = sorted(set(result.pcrs) - set(_EVMCTL_BANKS))
+        if skipped:
+            err(f"evmctl reads no {', '.join(skipped)} PCR file: not written")
+        if not args:
+            raise Error(f"{state}: the log has no sha1 or sha256 bank for evmctl")
+        click.echo(" ".join(args))
     else:
         for b, p in result.pcrs.items():
             for i, v in sorted(p.items()):
@@ -212,6 +275,12 @@ def _parse_pcr_specs(specs: tuple[str, ...]) -> dict[str, dict[int, bytes]]:
             )
         out.setdefault(bank, {})[index] = value
     return out
+
+
+_NOT_CHECKED = (
+    "PCRs not checked: no --pcrs or --tpm reference was given, so the replay proves only "
+    "the log's internal consistency (anyone can write a consistent log)"
+)
 
 
 @log.command("verify")
@@ -248,7 +317,12 @@ def log_verify(
     ignore_violations: bool,
     as_json: bool,
 ) -> None:
-    """Replay a log and judge it: exit 0 valid, 1 invalid (every finding listed)."""
+    """Replay a log and judge it: exit 0 valid, 1 invalid (every finding listed).
+
+    Without --pcrs or --tpm nothing anchors the log: the output says "PCRs not checked"
+    (JSON: "pcrs_checked": false) and a valid result means only that the log is
+    internally consistent.
+    """
     import imaguard
     from imaguard.formats.keylime import RuntimePolicy
     from imaguard.measure import (
@@ -297,8 +371,13 @@ def log_verify(
         ignore_violations=ignore_violations,
         parse_error=problem,
     )
+    checked = bool(expected)
     if as_json:
-        click.echo(json.dumps(result.to_json(), indent=2))
+        doc = result.to_json()
+        doc["pcrs_checked"] = checked
+        if not checked:
+            doc["notes"] = [*doc["notes"], _NOT_CHECKED]
+        click.echo(json.dumps(doc, indent=2))
     else:
         for f in result.findings:
             where = f"entry {f.index}: " if f.index is not None else ""
@@ -306,5 +385,8 @@ def log_verify(
         for note in result.notes:
             click.echo(f"note: {note}", err=True)
         verdict = "valid" if result.ok else f"INVALID ({len(result.findings)} findings)"
+        if not checked:
+            click.echo(_NOT_CHECKED, err=True)
+            verdict += " (PCRs not checked)"
         click.echo(f"{result.entries} entries: {verdict}", err=True)
     raise Exit(EXIT_OK if result.ok else EXIT_FAILED)
