@@ -236,6 +236,25 @@ def test_check_state_keeps_log_and_cache(
     assert third["actions"]["appraise"]["cause"] == "invalid-signature"
 
 
+def test_check_without_state_says_the_log_is_thrown_away(
+    capsys: Capsys, tmp_path: Path, signed: Path, rsa_dir: Path
+) -> None:
+    measuring = write_policy(tmp_path, "m", EXEC_SIG + "measure func=BPRM_CHECK\n")
+    args = ("--policy", measuring, "--keyring", rsa_dir, "--hook", "BPRM_CHECK", signed)
+    code, [d], err = check(capsys, *args)
+    assert code == 0
+    assert d["actions"]["measure"]["outcome"] == "passed"
+    assert "throwaway log" in err
+    code, _, err = check(capsys, *args, "--state", tmp_path / "st")
+    assert code == 0
+    assert "throwaway" not in err
+    appraising = write_policy(tmp_path, "a", EXEC_SIG)
+    code, _, err = check(capsys, "--policy", appraising, "--keyring", rsa_dir,
+                         "--hook", "BPRM_CHECK", signed)  # fmt: skip
+    assert code == 0
+    assert "throwaway" not in err  # nothing was measured
+
+
 def test_check_as_uid_changes_a_uid_rule_match(
     capsys: Capsys, tmp_path: Path, make_file: Callable[..., Path], rsa_dir: Path
 ) -> None:

@@ -78,6 +78,24 @@ def test_measure_appends_one_entry_per_file_after_boot_aggregate(
     assert r.out.strip() == f"4 {tree[0]}"
 
 
+def test_measure_recursive_walks_directories(state: Path, tree: list[Path], tmp_path: Path) -> None:
+    d = tree[0].parent
+    sub = d / "sub"
+    sub.mkdir()
+    (sub / "five").write_bytes(b"five\n")
+    os.symlink(tree[0], d / "link")
+    r = imaguard("measure", "--state", state, d)
+    assert r.returncode == 2, r.explain()
+    assert "use -r" in r.stderr
+    r = imaguard_ok("measure", "--state", state, "-r", d)
+    added = sorted(line.split(" ", 1)[1] for line in r.out.splitlines())
+    assert added == sorted(str(p) for p in [*tree, sub / "five"])
+    names = [rec.entry.name for rec in parse_binary((state / LOG).read_bytes())]
+    assert len(names) == 5  # boot_aggregate + 4 files; the symlink is not followed
+    r = imaguard_ok("measure", "--state", state, "-r", d)
+    assert all(line.startswith("- ") for line in r.out.splitlines())  # already measured
+
+
 @pytest.mark.parametrize(
     "template",
     [

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import click
 
-from imaguard.cli._common import EXIT_FAILED, EXIT_OK, Exit, policy_spec
+from imaguard.cli._common import EXIT_FAILED, EXIT_OK, Exit, err, policy_spec
 from imaguard.cli._options import (
     check_hook,
     hook_option,
@@ -71,7 +71,12 @@ def check(
     as_json: bool,
     paths: tuple[str, ...],
 ) -> None:
-    """Decide for each file what the policies demand at HOOK; exit 0 all allowed, 1 any denied."""
+    """Decide for each file what the policies demand at HOOK; exit 0 all allowed, 1 any denied.
+
+    Without --state, measure=passed means the file was measured into a throwaway log that
+    is deleted when the command ends (a note on stderr says so); --state DIR keeps the log,
+    the integrity cache and the audit trail.
+    """
     from imaguard.core import Guard, current_subject
     from imaguard.policy import Subject
 
@@ -97,6 +102,13 @@ def check(
         audit=_audit_sink(state, use_syslog),
     ) as guard:
         decisions = [guard.process(p, hook=hook, mask=mask, subject=subject) for p in paths]
+    if state is None and any(
+        a.required for d in decisions for k, a in d.actions.items() if k == "measure"
+    ):
+        err(
+            "note: no --state: the measurements went to a throwaway log, deleted on exit "
+            "(give --state DIR to keep the log)"
+        )
     if as_json:
         click.echo(json.dumps([d.to_dict() for d in decisions], indent=2))
     else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import sys
 from typing import Any
 
@@ -28,6 +29,8 @@ from imaguard.cli._options import (
     store_options,
 )
 from imaguard.errors import Error
+
+_log = logging.getLogger("imaguard.cli")
 
 
 def _open_store(
@@ -58,6 +61,8 @@ def _open_store(
 @click.option("--pcr", type=click.IntRange(0, 23), default=10, show_default=True)
 @click.option("--tpm", default=None, help="TCTI of a TPM to extend (swtpm:host=127.0.0.1,port=N).")
 @store_options
+@click.option("-r", "--recursive", is_flag=True, help="Walk directories.")
+@click.option("-L", "--follow-symlinks", is_flag=True, help="Follow symbolic links while walking.")
 @click.argument("files", nargs=-1, required=True, type=click.Path())
 def measure(
     state: str,
@@ -67,9 +72,17 @@ def measure(
     tpm: str | None,
     store: str | None,
     xattr_user: bool,
+    recursive: bool,
+    follow_symlinks: bool,
     files: tuple[str, ...],
 ) -> None:
-    """Measure files into the log: one entry each (a new log starts with boot_aggregate)."""
+    """Measure files into the log: one entry each (a new log starts with boot_aggregate).
+
+    With -r, directories are walked and every regular file in them is measured, in the
+    order of the walk; other file types are skipped (-v lists them).
+    """
+    from imaguard.appraise import SidecarStore
+    from imaguard.appraise._batch import walk
     from imaguard.formats.template import TemplateDescriptor
     from imaguard.measure import file_entry
 
@@ -79,8 +92,19 @@ def measure(
     except Error as e:
         raise click.BadParameter(str(e), param_hint="--template") from None
     code = EXIT_OK
+    skip = (SidecarStore.suffix,) if isinstance(st, SidecarStore) else ()
     with _open_store(state, tpm, desc.name, algorithm) as log:
-        for path in files:
+        for item in walk(
+            files, recursive=recursive, follow_symlinks=follow_symlinks, skip_suffixes=skip
+        ):
+            path = item.path
+            if item.error is not None:
+                err(f"{path}: {item.error}")
+                code = EXIT_ERROR
+                continue
+            if item.skip_reason is not None:
+                _log.info("skipped %s: %s", path, item.skip_reason)
+                continue
             try:
                 entry = file_entry(path, desc, ima_hash=algorithm, pcr=pcr, store=st)
                 result = log.append(entry)
