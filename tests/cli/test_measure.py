@@ -12,8 +12,10 @@ import os
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from helpers.measure import Run, imaguard, imaguard_ok, log_pcrs
+from imaguard import load_certificates
 from imaguard.formats.keylime import RuntimePolicy
 from imaguard.formats.measurelist import parse_ascii, parse_binary
 
@@ -365,6 +367,47 @@ def test_verify_with_runtime_policy_and_keyring(
 
 
 # -- policy runtime ---------------------------------------------------------------------
+
+
+def test_policy_runtime_rootfs_keyring_and_zero_boot_aggregate(
+    state: Path, tree: list[Path], tmp_path: Path, keys_dir: dict[str, Path]
+) -> None:
+    measured(state, tree)
+    root = str(tree[0].parent.resolve())
+    out = tmp_path / "p.json"
+    r = imaguard_ok("policy", "runtime", "--from-log", state / LOG, "-o", out, "--rootfs", root)
+    assert "all-zero boot_aggregate" in r.stderr  # a log made without a TPM
+    pol = RuntimePolicy.parse(out.read_text())
+    assert sorted(pol.digests) == sorted(["boot_aggregate", "/one", "/two", "/three_four"])
+    assert pol.digests["/one"] == (hashlib.sha256(tree[0].read_bytes()).hexdigest(),)
+    imaguard_ok("policy", "runtime", "--from-log", state / LOG, "-o", out, "--rootfs",
+                f"{root}=/usr/lib/app/")  # fmt: skip
+    assert "/usr/lib/app/one" in RuntimePolicy.parse(out.read_text()).digests
+    # only whole path components match: /x/tre is not a prefix of /x/tree/one
+    imaguard_ok("policy", "runtime", "--from-log", state / LOG, "-o", out, "--rootfs", root[:-1])
+    assert logged(tree[0]) in RuntimePolicy.parse(out.read_text()).digests
+    r = imaguard("policy", "runtime", "--from-log", state / LOG, "-o", out, "--rootfs", "rel")
+    assert_error(r, "--rootfs")
+
+    r = imaguard_ok("policy", "runtime", "--from-tree", tree[0].parent, "-o", out)
+    assert "boot_aggregate" not in r.stderr
+    certs = [keys_dir[k] / "cert.der" for k in ("rsa2048", "ecdsa-p256")]
+    imaguard_ok("policy", "runtime", "--from-tree", tree[0].parent, "-o", out,
+                "--keyring", certs[0], "--keyring", certs[1])  # fmt: skip
+    keys = RuntimePolicy.parse(out.read_text()).public_keys()
+    expected = []
+    for c in certs:
+        cert = load_certificates(c)[0]
+        spki = cert.public_key.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        expected.append((cert.key_id, spki))
+    assert sorted(keys) == sorted(expected)
+    assert_error(
+        imaguard("policy", "runtime", "--from-tree", tree[0].parent, "-o", out,
+                 "--keyring", tmp_path / "none"),
+    )  # fmt: skip
+    assert json.loads(out.read_text())["verification-keys"]  # the failed run left it whole
 
 
 def test_policy_runtime_from_log_and_tree(state: Path, tree: list[Path], tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 import click
@@ -23,6 +24,7 @@ from imaguard.cli._options import (
     check_hook,
     hook_option,
     json_option,
+    keyring_option,
     mask_option,
     policy_mode_option,
     policy_options,
@@ -259,6 +261,17 @@ def policy_eval(
     multiple=True,
     help="Accepted boot_aggregate hex (--from-tree).",
 )
+@click.option(
+    "--rootfs",
+    default=None,
+    metavar="PREFIX|OLD=NEW",
+    help="Paths under PREFIX are written without it (an image mounted at PREFIX); "
+    "OLD=NEW replaces the prefix OLD with NEW instead.",
+)
+@keyring_option(
+    "Certificates (file or directory) whose public keys fill verification-keys, for "
+    "Keylime to check ima-sig signatures; repeatable."
+)
 def policy_runtime(
     from_log: str | None,
     from_tree: str | None,
@@ -266,12 +279,22 @@ def policy_runtime(
     excludes: tuple[str, ...],
     algorithm: str,
     boot_aggregates: tuple[str, ...],
+    rootfs: str | None,
+    keyrings: tuple[str, ...],
 ) -> None:
-    """Generate a Keylime runtime policy from a log or a directory tree."""
+    """Generate a Keylime runtime policy from a log or a directory tree.
+
+    A boot_aggregate of all zeros (a log from a machine without a TPM) is written as it
+    is, with a warning: a machine with a TPM never reports it.
+    """
+    import dataclasses
+
     from imaguard.measure import policy_from_records, policy_from_tree, records_from_any
 
     if (from_log is None) == (from_tree is None):
         raise click.UsageError("give --from-log F or --from-tree DIR (one of them)")
+    rebase = _parse_rootfs(rootfs) if rootfs is not None else None
+    verification_keys = _verification_keys(keyrings) if keyrings else ""
     if from_log is not None:
         records, log_hash, problem = records_from_any(read_file(from_log))
         if problem is not None:
@@ -281,6 +304,58 @@ def policy_runtime(
         pol = policy_from_tree(
             from_tree or "", algorithm=algorithm, excludes=excludes, boot_aggregates=boot_aggregates
         )
+    if rebase is not None:
+        pol = dataclasses.replace(pol, digests=_rebased(pol.digests, *rebase))
+    if verification_keys:
+        pol = dataclasses.replace(pol, verification_keys=verification_keys)
+    for digest in pol.digests.get("boot_aggregate", ()):
+        if not digest.strip("0"):
+            err(
+                "warning: the policy allows an all-zero boot_aggregate (a log made without a "
+                "TPM); a machine with a TPM reports a real one, which this entry will not match"
+            )
     write_atomic(output, pol.serialize().encode())
     click.echo(f"{output}: {len(pol.digests)} paths", err=True)
     raise Exit(EXIT_OK)
+
+
+def _parse_rootfs(spec: str) -> tuple[str, str]:
+    """``PREFIX`` → (PREFIX, "") and ``OLD=NEW`` → (OLD, NEW); both absolute paths."""
+    old, sep, new = spec.partition("=")
+    old = old.rstrip("/")
+    if not old.startswith("/") or (sep and new and not new.startswith("/")):
+        raise click.BadParameter(
+            f"{spec!r}: use an absolute PREFIX or OLD=NEW (absolute paths)", param_hint="--rootfs"
+        )
+    return old, new.rstrip("/")
+
+
+def _rebased(
+    digests: Mapping[str, tuple[str, ...]], old: str, new: str
+) -> dict[str, tuple[str, ...]]:
+    """DIGESTS with the path prefix OLD (whole components) replaced by NEW ("" strips it)."""
+    out: dict[str, list[str]] = {}
+    for path, values in digests.items():
+        if path == old:
+            path = new or "/"
+        elif path.startswith(old + "/"):
+            path = new + path[len(old) :]
+        merged = out.setdefault(path, [])
+        merged.extend(v for v in values if v not in merged)
+    return {k: tuple(v) for k, v in out.items()}
+
+
+def _verification_keys(keyrings: tuple[str, ...]) -> str:
+    """Keylime's ``verification-keys`` (an ImaKeyring as a JSON string) from certificates."""
+    from cryptography.hazmat.primitives import serialization
+
+    import imaguard
+    from imaguard.formats.keylime import RuntimePolicy
+
+    ring = imaguard.Keyring.load(*keyrings)  # refuses a keyring with no certificates
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    der = serialization.Encoding.DER
+    return RuntimePolicy.keyring_string(
+        [c.public_key.public_bytes(der, spki) for c in ring.certificates],
+        [c.key_id for c in ring.certificates],
+    )
