@@ -220,10 +220,25 @@ def test_show_usage_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert run(capsys, "policy", "show", "--builtin", "nope")[0] != 0
     assert run(capsys, "policy", "show", tmp_path / "missing")[0] == 2
     bad = write(tmp_path, "bad.policy", "measure\nbogus\n")
-    code, out, err = run(capsys, "policy", "show", bad)
-    assert code != 0
-    assert out == ""
-    assert f"{bad}:2:1" in err
+    code, out, _ = run(capsys, "policy", "show", bad)
+    assert code == 1  # as policy check: invalid is 1, unreadable 2
+    assert out.startswith(f"{bad}:2:1: ")
+    assert (code, out) == run(capsys, "policy", "check", bad)[:2]
+
+
+def test_show_help_states_the_verity_order_difference(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run(capsys, "policy", "show", "--help")
+    assert code == 0
+    assert "digest_type=verity" in out
+    assert "ima_policy_show()" in out
+    f = write(
+        tmp_path, "v.policy", "appraise func=BPRM_CHECK digest_type=verity appraise_type=sigv3\n"
+    )
+    code, out, _ = run(capsys, "policy", "show", f)
+    assert code == 0
+    assert out == "appraise func=BPRM_CHECK digest_type=verity appraise_type=sigv3 \n"
 
 
 # --------------------------------------------------------------------------------------

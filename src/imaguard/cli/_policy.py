@@ -61,6 +61,14 @@ def _builtin(names: str) -> Any:
     return builtin_policy(names)
 
 
+def _echo_policy_error(path: str, e: Any) -> None:
+    """A PolicyError as FILE:LINE:COL: reason lines on stdout (every problem found)."""
+    for source, line, col, reason in e.problems:
+        click.echo(f"{source}:{line}:{col}: {reason}")
+    if not e.problems:
+        click.echo(f"{path}: {e}")
+
+
 @policy.command("check")
 @_MODE
 @click.argument("files", nargs=-1, required=True, type=click.Path())
@@ -74,10 +82,7 @@ def policy_check(policy_mode: str | None, old_mode: str | None, files: tuple[str
         try:
             p = _read_policy_file(path, mode)
         except PolicyError as e:
-            for source, line, col, reason in e.problems:
-                click.echo(f"{source}:{line}:{col}: {reason}")
-            if not e.problems:
-                click.echo(f"{path}: {e}")
+            _echo_policy_error(path, e)
             code = max(code, EXIT_FAILED)
             continue
         except Error as e:
@@ -100,14 +105,26 @@ def policy_check(policy_mode: str | None, old_mode: str | None, files: tuple[str
 def policy_show(
     builtin_names: str | None, policy_mode: str | None, old_mode: str | None, file: str | None
 ) -> None:
-    """Print a policy in the kernel's read-back format (one canonical line per rule)."""
+    """Print a policy canonically: one line per rule, as the kernel reads it back.
+
+    The lines follow the kernel's read-back format (ima_policy_show() in
+    security/integrity/ima/ima_policy.c) with one documented difference: digest_type=verity
+    is printed before appraise_type=sigv3. The kernel prints them the other way round, an
+    order its own parser refuses, so imaguard's lines can be written back as they are.
+    An invalid policy is reported as by `policy check` (FILE:LINE:COL: reason) and exits 1.
+    """
+    from imaguard.errors import PolicyError
+
     if (builtin_names is None) == (file is None):
         raise click.UsageError("give a policy FILE or --builtin NAMES (one of them)")
-    pol = (
-        _builtin(builtin_names).policy
-        if builtin_names is not None
-        else _read_policy_file(file or "", _policy_mode(policy_mode, old_mode))
-    )
+    if builtin_names is not None:
+        pol = _builtin(builtin_names).policy
+    else:
+        try:
+            pol = _read_policy_file(file or "", _policy_mode(policy_mode, old_mode))
+        except PolicyError as e:
+            _echo_policy_error(file or "", e)
+            raise Exit(EXIT_FAILED) from None
     click.echo(pol.text(), nl=False)
     raise Exit(EXIT_OK)
 
