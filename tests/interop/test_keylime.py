@@ -1,7 +1,7 @@
 """Keylime 7.14.3's own verifier judging imaguard's ASCII logs and runtime policies.
 
 Keylime runs offline in its own venv (spec keylime.md §1-§2) through
-tests/measure/keylime_runner.py: ``process_measurement_list`` per bank (sha1, sha256),
+scripts/keylime-check: ``process_measurement_list`` per bank (sha1, sha256),
 with the policy imaguard generated and, where given, the PCR 10 value imaguard computed.
 
 Event ids <-> imaguard findings:
@@ -29,6 +29,7 @@ from helpers.measure import (
     finding_codes,
     imaguard_ok,
     log_pcrs,
+    run,
     verify_json,
 )
 from helpers.measure import imaguard as run_imaguard
@@ -457,3 +458,25 @@ def test_policy_runtime_rootfs_rewrites_paths_keylime_matches(keylime: Keylime, 
     assert sorted(pol.digests) == sorted([*(str(f.resolve()) for f in files), "boot_aggregate"])
     events, codes, _ = judge(keylime, log, out, case.pcrs())
     assert (events, codes) == (set(), set())
+
+
+def test_keylime_check_script_says_accepted_or_rejected(keylime: Keylime, case: Case) -> None:
+    """scripts/keylime-check, the documented command: words and exit codes 0/1/2."""
+    script = Path(__file__).resolve().parents[2] / "scripts" / "keylime-check"
+    files = [case.file("a"), case.file("b")]
+    case.measure(*files)
+    log = case.export()
+    policy = case.policy(log)
+    pcrs = [f"--pcr={b}={v}" for b, v in case.pcrs().items()]
+    r = run(keylime.python, script, log, policy, *pcrs, timeout=60)
+    assert r.returncode == 0, r.explain()
+    assert r.out.splitlines()[0].startswith("sha1: accepted (PCR checked;")
+    doc = json.loads(policy.read_text())
+    del doc["digests"][str(files[0].resolve())]
+    policy.write_text(json.dumps(doc))
+    r = run(keylime.python, script, log, policy, timeout=60)
+    assert r.returncode == 1, r.explain()
+    assert "REJECTED: " + KEYLIME_EVENTS["not_in_allowlist"] in r.out
+    assert "PCR not checked" in r.out
+    r = run(keylime.python, script, log, case.base / "missing.json", timeout=60)
+    assert r.returncode == 2, r.explain()
