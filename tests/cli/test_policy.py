@@ -716,3 +716,21 @@ def test_subprocess_eval_json() -> None:
     assert kinds(obj) == {"measure", "appraise"}
     assert obj["appraise_type"] == "imasig"
     assert obj["pcr"] == 10
+
+
+def test_dont_audit_and_fs_subtype_in_kernel_mode(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    f = write(
+        tmp_path,
+        "audit.policy",
+        "dont_audit fs_subtype=sshfs\naudit func=BPRM_CHECK fsname=fuse\n",
+    )
+    code, out, _ = run(capsys, "policy", "check", "--policy-mode", "kernel", f)
+    assert code == 0, out
+    base = ("--policy", f, "--hook", "BPRM_CHECK", "--fsname", "fuse")
+    assert ev(capsys, *base)["audit"] is True  # no subtype: fs_subtype= never matches
+    assert ev(capsys, *base, "--fs-subtype", "sshfs")["audit"] is False
+    assert ev(capsys, *base, "--fs-subtype", "gvfsd-fuse")["audit"] is True
+    code, out, _ = run(capsys, "policy", "show", f)
+    assert out == "dont_audit fs_subtype=sshfs \naudit func=BPRM_CHECK fsname=fuse \n"

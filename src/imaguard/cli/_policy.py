@@ -142,6 +142,7 @@ def policy_show(
 @click.option("--fgroup", type=int, default=None)
 @click.option("--fsmagic", default=None, help="Filesystem magic, hexadecimal.")
 @click.option("--fsname", default=None)
+@click.option("--fs-subtype", default=None, help="Filesystem subtype (FUSE: sshfs, ...).")
 @click.option("--fsuuid", default=None)
 @click.option("--path", "obj_path", default=None)
 @click.option("--cap-setuid", is_flag=True)
@@ -171,6 +172,7 @@ def policy_eval(
     fgroup: int | None,
     fsmagic: str | None,
     fsname: str | None,
+    fs_subtype: str | None,
     fsuuid: str | None,
     obj_path: str | None,
     cap_setuid: bool,
@@ -227,6 +229,7 @@ def policy_eval(
             fgroup=fgroup,
             fsmagic=magic,
             fsname=fsname,
+            fs_subtype=fs_subtype,
             fsuuid=fsuuid,
             user=obj_user,
             role=obj_role,
