@@ -108,9 +108,10 @@ def policy_show(
     """Print a policy canonically: one line per rule, as the kernel reads it back.
 
     The lines follow the kernel's read-back format (ima_policy_show() in
-    security/integrity/ima/ima_policy.c) with one documented difference: digest_type=verity
-    is printed before appraise_type=sigv3. The kernel prints them the other way round, an
-    order its own parser refuses, so imaguard's lines can be written back as they are.
+    security/integrity/ima/ima_policy.c) with two documented differences (docs/decisions.md):
+    digest_type=verity is printed before appraise_type=sigv3 (the kernel prints them the
+    other way round, an order its own parser refuses), and ids above 2^31 are printed
+    unsigned (the kernel prints them with %d). Both keep the lines loadable as they are.
     An invalid policy is reported as by `policy check` (FILE:LINE:COL: reason) and exits 1.
     """
     from imaguard.errors import PolicyError
