@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import click
 
-from imaguard.cli._common import EXIT_FAILED, EXIT_OK, Exit, err, policy_spec
+from imaguard.cli._common import EXIT_FAILED, EXIT_OK, _Exit, err, policy_spec
 from imaguard.cli._options import (
     check_hook,
     hook_option,
@@ -119,7 +119,7 @@ def check(
                 if a.required:
                     parts.append(f"{kind}={a.outcome}" + (f"({a.cause})" if a.cause else ""))
             click.echo(f"{d.path}: {verdict} " + (" ".join(parts) or "(no rule applies)"))
-    raise Exit(EXIT_OK if all(d.allowed for d in decisions) else EXIT_FAILED)
+    raise _Exit(EXIT_OK if all(d.allowed for d in decisions) else EXIT_FAILED)
 
 
 def _audit_sink(state: str | None, use_syslog: bool) -> Any:

@@ -22,7 +22,7 @@ EXIT_FAILED = 1
 EXIT_ERROR = 2
 
 
-class Exit(Exception):  # noqa: N818 - control flow, not an error
+class _Exit(Exception):  # noqa: N818 - control flow, not an error
     """Raised by a command to end with an exit code; :func:`main` turns it into one."""
 
     def __init__(self, code: int) -> None:

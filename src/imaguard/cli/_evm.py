@@ -7,7 +7,7 @@ import json
 import click
 
 import imaguard
-from imaguard.cli._common import EXIT_ERROR, EXIT_FAILED, EXIT_OK, Exit, err, read_file
+from imaguard.cli._common import EXIT_ERROR, EXIT_FAILED, EXIT_OK, _Exit, err, read_file
 from imaguard.cli._options import algorithm_option, cert_option, json_option, keyring_option
 from imaguard.errors import Error
 
@@ -93,7 +93,7 @@ def evm_sign(
         except Error as e:
             err(str(e))
             code = EXIT_ERROR
-    raise Exit(code)
+    raise _Exit(code)
 
 
 @evm.command("verify")
@@ -143,4 +143,4 @@ def evm_verify_cmd(
             )
     if as_json:
         click.echo(json.dumps(out, indent=2))
-    raise Exit(code)
+    raise _Exit(code)

@@ -9,7 +9,7 @@ import click
 
 import imaguard
 from imaguard.appraise import Cause, Require, Status, Verdict
-from imaguard.cli._common import EXIT_ERROR, EXIT_OK, Exit, err
+from imaguard.cli._common import EXIT_ERROR, EXIT_OK, _Exit, err
 from imaguard.cli._options import (
     algorithm_option,
     cert_option,
@@ -94,7 +94,7 @@ def sign(
         label="signing",
         echo_ok=(lambda r: click.echo(f"{r.path}: {r.message}")) if verbose else None,
     )
-    raise Exit(summary("signed", results, recursive))
+    raise _Exit(summary("signed", results, recursive))
 
 
 @click.command()
@@ -167,7 +167,7 @@ def verify(
                     {**blank, "path": r.path, "status": r.outcome.value, "detail": r.message}
                 )
         click.echo(json.dumps(out, indent=2))
-    raise Exit(summary("verified", results, recursive))
+    raise _Exit(summary("verified", results, recursive))
 
 
 @click.command("hash")
@@ -209,7 +209,7 @@ def hash_cmd(
         label="hashing",
         echo_ok=lambda r: click.echo(f"{r.message}  {r.path}"),
     )
-    raise Exit(summary("hashed", results, recursive))
+    raise _Exit(summary("hashed", results, recursive))
 
 
 def _describe(path: str, info: Any, store_name: str) -> str:
@@ -257,4 +257,4 @@ def show(store: str | None, xattr_user: bool, as_json: bool, paths: tuple[str, .
             click.echo(_describe(path, info, st.name))
     if as_json:
         click.echo(json.dumps(infos, indent=2))
-    raise Exit(code)
+    raise _Exit(code)

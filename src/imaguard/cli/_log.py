@@ -14,7 +14,7 @@ from imaguard.cli._common import (
     EXIT_ERROR,
     EXIT_FAILED,
     EXIT_OK,
-    Exit,
+    _Exit,
     err,
     read_file,
     write_atomic,
@@ -116,7 +116,7 @@ def measure(
                 click.echo(f"{result.index} {path}")
             else:
                 click.echo(f"- {path} (already measured: {result.reason})")
-    raise Exit(code)
+    raise _Exit(code)
 
 
 @click.group()
@@ -168,7 +168,7 @@ def log_show(state: str, fmt: str, bank: str) -> None:
             for i, e in enumerate(entries)
         ]
         click.echo(json.dumps(out, indent=2))
-    raise Exit(EXIT_OK)
+    raise _Exit(EXIT_OK)
 
 
 @log.command("export")
@@ -187,7 +187,7 @@ def log_export(state: str, binary_out: str | None, ascii_out: str | None, bank: 
         write_atomic(binary_out, serialize_binary(entries, bank))
     if ascii_out is not None:
         write_atomic(ascii_out, serialize_ascii(entries, bank))
-    raise Exit(EXIT_OK)
+    raise _Exit(EXIT_OK)
 
 
 # evmctl ima_measurement --pcrs ALGO,FILE reads only these banks (ima-evm-utils src/evmctl.c).
@@ -276,7 +276,7 @@ def log_pcrs(state: str, fmt: str | None, output_dir: str | None, as_json: bool)
         for b, p in result.pcrs.items():
             for i, v in sorted(p.items()):
                 click.echo(f"{b}:{i} {v}")
-    raise Exit(EXIT_OK)
+    raise _Exit(EXIT_OK)
 
 
 def _parse_pcr_specs(specs: tuple[str, ...]) -> dict[str, dict[int, bytes]]:
@@ -413,4 +413,4 @@ def log_verify(
             click.echo(_NOT_CHECKED, err=True)
             verdict += " (PCRs not checked)"
         click.echo(f"{result.entries} entries: {verdict}", err=True)
-    raise Exit(EXIT_OK if result.ok else EXIT_FAILED)
+    raise _Exit(EXIT_OK if result.ok else EXIT_FAILED)

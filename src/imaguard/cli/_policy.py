@@ -12,7 +12,7 @@ from imaguard.cli._common import (
     EXIT_ERROR,
     EXIT_FAILED,
     EXIT_OK,
-    Exit,
+    _Exit,
     err,
     pick_alias,
     policy_spec,
@@ -90,7 +90,7 @@ def policy_check(policy_mode: str | None, old_mode: str | None, files: tuple[str
             code = EXIT_ERROR
             continue
         click.echo(f"{path}: ok ({len(p)} rules)", err=True)
-    raise Exit(code)
+    raise _Exit(code)
 
 
 @policy.command("show")
@@ -125,9 +125,9 @@ def policy_show(
             pol = _read_policy_file(file or "", _policy_mode(policy_mode, old_mode))
         except PolicyError as e:
             _echo_policy_error(file or "", e)
-            raise Exit(EXIT_FAILED) from None
+            raise _Exit(EXIT_FAILED) from None
     click.echo(pol.text(), nl=False)
-    raise Exit(EXIT_OK)
+    raise _Exit(EXIT_OK)
 
 
 @policy.command("eval")
@@ -255,7 +255,7 @@ def policy_eval(
             click.echo(f"  {p.action:<14} {p.policy}:{p.line}: {p.rule}")
         if decision.conflict:
             click.echo(f"CONFLICT (fails closed): {decision.conflict.reason}")
-    raise Exit(EXIT_OK)
+    raise _Exit(EXIT_OK)
 
 
 @policy.command("runtime")
@@ -337,7 +337,7 @@ def policy_runtime(
             )
     write_atomic(output, pol.serialize().encode())
     click.echo(f"{output}: {len(pol.digests)} paths", err=True)
-    raise Exit(EXIT_OK)
+    raise _Exit(EXIT_OK)
 
 
 def _parse_rootfs(spec: str) -> tuple[str, str]:

@@ -17,7 +17,7 @@ from typing import NamedTuple, NoReturn
 
 import click
 
-from imaguard.cli._common import EXIT_ERROR, EXIT_OK, Exit, err
+from imaguard.cli._common import EXIT_ERROR, EXIT_OK, _Exit, err
 from imaguard.errors import Error
 
 
@@ -154,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
             prog_name="imaguard",
             standalone_mode=False,
         )
-    except Exit as e:
+    except _Exit as e:
         code = e.code
     except click.exceptions.Exit as e:
         code = e.exit_code
