@@ -1,4 +1,4 @@
-"""The CLI contract of the integrity core: ``imaguard check``, ``info``, ``evm sign|verify``."""
+"""The CLI contract of the integrity core: ``imaguard check``, ``show``/``info``, ``evm``."""
 
 from __future__ import annotations
 
@@ -180,11 +180,36 @@ def test_check_policy_mode_imaguard_application_hook(
     assert code == 1
     assert [d["allowed"] for d in ds] == [True, False]
     assert ds[0]["hook"] == "PLUGIN_CHECK"
-    code, _, err = check(
+    # imaguard mode is the default (the kernel grammar is a subset of it)
+    code, ds, _ = check(
         capsys, "--policy", pol, "--keyring", rsa_dir, "--hook", "PLUGIN_CHECK", signed
-    )  # kernel mode (the default) refuses an application hook
+    )
+    assert code == 0
+    assert [d["allowed"] for d in ds] == [True]
+    code, _, err = check(
+        capsys, "--policy", pol, "--policy-mode", "kernel", "--keyring", rsa_dir,
+        "--hook", "PLUGIN_CHECK", signed,
+    )  # fmt: skip  # kernel mode refuses an application hook
     assert code == 2
     assert "PLUGIN_CHECK" in err
+
+
+def test_guard_from_files_reads_imaguard_mode_by_default(tmp_path: Path, rsa_dir: Path) -> None:
+    pol = write_policy(tmp_path, "plugins", "appraise func=PLUGIN_CHECK appraise_type=imasig\n")
+    with imaguard.Guard.from_files({"plugins": pol}, [rsa_dir]) as guard:
+        assert guard.policies.names() == ["plugins"]
+    with pytest.raises(imaguard.PolicyError):
+        imaguard.Guard.from_files({"plugins": pol}, [rsa_dir], policy_mode="kernel")
+
+
+def test_check_hook_is_validated(capsys: Capsys, tmp_path: Path, signed: Path) -> None:
+    pol = write_policy(tmp_path, "exec", EXEC_SIG)
+    code, _, err = check(capsys, "--policy", pol, "--hook", "bprm_check", signed)
+    assert code == 2
+    assert "bprm_check" in err
+    code, _, err = check(capsys, "--policy", pol, signed)
+    assert code == 2
+    assert "--hook" in err
 
 
 def test_check_state_keeps_log_and_cache(
@@ -209,6 +234,25 @@ def test_check_state_keeps_log_and_cache(
     assert code == 1
     assert third["cached"] is False
     assert third["actions"]["appraise"]["cause"] == "invalid-signature"
+
+
+def test_check_without_state_says_the_log_is_thrown_away(
+    capsys: Capsys, tmp_path: Path, signed: Path, rsa_dir: Path
+) -> None:
+    measuring = write_policy(tmp_path, "m", EXEC_SIG + "measure func=BPRM_CHECK\n")
+    args = ("--policy", measuring, "--keyring", rsa_dir, "--hook", "BPRM_CHECK", signed)
+    code, [d], err = check(capsys, *args)
+    assert code == 0
+    assert d["actions"]["measure"]["outcome"] == "passed"
+    assert "throwaway log" in err
+    code, _, err = check(capsys, *args, "--state", tmp_path / "st")
+    assert code == 0
+    assert "throwaway" not in err
+    appraising = write_policy(tmp_path, "a", EXEC_SIG)
+    code, _, err = check(capsys, "--policy", appraising, "--keyring", rsa_dir,
+                         "--hook", "BPRM_CHECK", signed)  # fmt: skip
+    assert code == 0
+    assert "throwaway" not in err  # nothing was measured
 
 
 def test_check_as_uid_changes_a_uid_rule_match(
@@ -292,7 +336,7 @@ def test_check_errors_exit_2_without_traceback(
     empty = tmp_path / "empty"
     empty.mkdir()
     args: dict[str, tuple[str | os.PathLike[str], ...]] = {
-        "bad-policy": ("--policy", write_policy(tmp_path, "bad", "appraise func=NOPE\n"),
+        "bad-policy": ("--policy", write_policy(tmp_path, "bad", "appraise bogus=1\n"),
                        "--keyring", rsa_dir),
         "missing-policy": ("--policy", tmp_path / "nope.policy", "--keyring", rsa_dir),
         "missing-keyring": ("--policy", good, "--keyring", tmp_path / "no-such-dir"),
@@ -315,7 +359,7 @@ def test_check_errors_exit_2_as_a_subprocess(tmp_path: Path, signed: Path) -> No
     assert ":2:" in r.stderr  # the offending line
 
 
-# -- imaguard info --------------------------------------------------------------------------------
+# -- imaguard show (info is its old, hidden spelling) ----------------------------------------
 
 
 def test_info_signed_not_signed_malformed(
@@ -350,7 +394,7 @@ def test_info_json(
 ) -> None:
     code, out, _ = run_main(capsys, "info", "--json", signed)
     assert code == 0
-    doc = json.loads(out)
+    [doc] = json.loads(out)
     assert doc["signed"] is True
     assert doc["present"] is True
     assert doc["key_id"] == f"{rsa_key.key_id:08x}"
@@ -358,8 +402,9 @@ def test_info_json(
     assert doc["type"] == "0x03"
     assert doc["error"] is None
     code, out, _ = run_main(capsys, "info", "--json", make_file("bare"))
-    assert json.loads(out)["present"] is False
-    assert json.loads(out)["signed"] is False
+    [doc] = json.loads(out)
+    assert doc["present"] is False
+    assert doc["signed"] is False
 
 
 def test_info_errors_exit_2(capsys: Capsys, tmp_path: Path) -> None:
@@ -367,6 +412,22 @@ def test_info_errors_exit_2(capsys: Capsys, tmp_path: Path) -> None:
     assert code == 2
     assert out == ""
     assert "missing" in err
+
+
+def test_info_is_show_with_several_paths(
+    capsys: Capsys, signed: Path, make_file: Callable[..., Path]
+) -> None:
+    bare = make_file("bare")
+    for fmt in ((), ("--json",)):
+        shown = run_main(capsys, "show", *fmt, signed, bare)
+        assert run_main(capsys, "info", *fmt, signed, bare) == shown
+        assert shown[0] == 0
+    assert len(shown[1]) > 0
+    assert [d["path"] for d in json.loads(shown[1])] == [str(signed), str(bare)]
+    code, out, _ = run_main(capsys, "--help")
+    assert code == 0
+    assert " show " in out
+    assert " info " not in out
 
 
 # -- imaguard evm sign|verify -------------------------------------------------------------------

@@ -348,10 +348,12 @@ def test_show(capsys: pytest.CaptureFixture[str], rsa: Path, tmp_path: Path) -> 
     assert code == 0, err
     lines = out.splitlines()
     assert len(lines) == 3
-    assert lines[0].startswith(f"{signed}: signature-v2 type=0x03 algo=sha256 keyid={key_id}")
-    assert lines[1].startswith(f"{hashed}: digest-ng type=0x04 algo=sha256")
-    assert imaguard.hash_file(hashed).hex in lines[1]
-    assert lines[2].startswith(f"{bare}: no value")
+    assert lines[0].startswith(
+        f"{signed}: signed, key id {key_id}, sha256, signature-v2 (type=0x03, sig="
+    )
+    assert lines[1].startswith(f"{hashed}: not signed: a sha256 digest-ng value (type=0x04)")
+    assert lines[1].endswith(imaguard.hash_file(hashed).hex)
+    assert lines[2] == f"{bare}: not signed (no value in user.ima)"
 
     code, out, err = run(capsys, "show", "--json", "--xattr-user", signed, hashed, bare)
     assert code == 0, err

@@ -12,8 +12,10 @@ import os
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from helpers.measure import Run, imaguard, imaguard_ok, log_pcrs
+from imaguard import load_certificates
 from imaguard.formats.keylime import RuntimePolicy
 from imaguard.formats.measurelist import parse_ascii, parse_binary
 
@@ -76,6 +78,24 @@ def test_measure_appends_one_entry_per_file_after_boot_aggregate(
     tree[0].write_bytes(b"new content\n")
     r = imaguard_ok("measure", "--state", state, tree[0])
     assert r.out.strip() == f"4 {tree[0]}"
+
+
+def test_measure_recursive_walks_directories(state: Path, tree: list[Path], tmp_path: Path) -> None:
+    d = tree[0].parent
+    sub = d / "sub"
+    sub.mkdir()
+    (sub / "five").write_bytes(b"five\n")
+    os.symlink(tree[0], d / "link")
+    r = imaguard("measure", "--state", state, d)
+    assert r.returncode == 2, r.explain()
+    assert "use -r" in r.stderr
+    r = imaguard_ok("measure", "--state", state, "-r", d)
+    added = sorted(line.split(" ", 1)[1] for line in r.out.splitlines())
+    assert added == sorted(str(p) for p in [*tree, sub / "five"])
+    names = [rec.entry.name for rec in parse_binary((state / LOG).read_bytes())]
+    assert len(names) == 5  # boot_aggregate + 4 files; the symlink is not followed
+    r = imaguard_ok("measure", "--state", state, "-r", d)
+    assert all(line.startswith("- ") for line in r.out.splitlines())  # already measured
 
 
 @pytest.mark.parametrize(
@@ -232,6 +252,30 @@ def test_show_export_and_pcrs(state: Path, tree: list[Path], tmp_path: Path) -> 
     assert sorted(text) == sorted(f"{b}:10 {v['10']}" for b, v in pcrs.items())
 
 
+def test_pcrs_format_evmctl_writes_evmctl_pcr_files(
+    state: Path, tree: list[Path], tmp_path: Path
+) -> None:
+    measured(state, tree)
+    pcrs = log_pcrs(state)
+    out = tmp_path / "pcrs"
+    r = imaguard_ok("log", "pcrs", "--state", state, "--format", "evmctl", "-o", out)
+    assert r.out.split() == [
+        "--pcrs", f"sha1,{out / 'pcrs-sha1.txt'}", "--pcrs", f"sha256,{out / 'pcrs-sha256.txt'}"
+    ]  # fmt: skip
+    for bank, size in (("sha1", 20), ("sha256", 32)):
+        lines = (out / f"pcrs-{bank}.txt").read_text().splitlines()
+        assert [line.split(": ")[0] for line in lines] == [f"PCR-{i:02d}" for i in range(24)]
+        values = [line.split(": ")[1] for line in lines]
+        assert values[10] == pcrs[bank]["10"]
+        assert all(v == "00" * size for i, v in enumerate(values) if i != 10)
+    assert json.loads(imaguard_ok("log", "pcrs", "--state", state, "--format", "json").stdout) == (
+        pcrs
+    )
+    assert_error(imaguard("log", "pcrs", "--state", state, "--format", "evmctl"), "-o DIR")
+    assert_error(imaguard("log", "pcrs", "--state", state, "-o", out), "-o DIR")
+    assert_error(imaguard("log", "pcrs", "--state", state, "--json", "--format", "text"), "--json")
+
+
 # -- log verify -------------------------------------------------------------------------
 
 
@@ -261,6 +305,29 @@ def test_verify_sources_and_outputs(state: Path, tree: list[Path], tmp_path: Pat
     doc = json.loads(r.stdout)
     assert doc["valid"] is False
     assert [f["code"] for f in doc["findings"]] == ["pcr-mismatch"]
+
+
+def test_verify_without_a_reference_says_pcrs_not_checked(
+    state: Path, tree: list[Path], tmp_path: Path
+) -> None:
+    measured(state, tree)
+    b = tmp_path / "b.bin"
+    imaguard_ok("log", "export", "--state", state, "--binary", b)
+    r = imaguard_ok("log", "verify", "--binary", b)
+    assert "PCRs not checked" in r.stderr
+    assert "internal consistency" in r.stderr
+    assert "4 entries: valid (PCRs not checked)" in r.stderr
+    doc = json.loads(imaguard_ok("log", "verify", "--binary", b, "--json").stdout)
+    assert doc["valid"] is True
+    assert doc["pcrs_checked"] is False
+    assert any("PCRs not checked" in n for n in doc["notes"])
+    pcrs = log_pcrs(state)
+    given = ("--pcrs", f"sha1={pcrs['sha1']['10']}")
+    r = imaguard_ok("log", "verify", "--binary", b, *given)
+    assert "not checked" not in r.stderr
+    doc = json.loads(imaguard_ok("log", "verify", "--binary", b, *given, "--json").stdout)
+    assert doc["pcrs_checked"] is True
+    assert not any("not checked" in n for n in doc["notes"])
 
 
 def test_verify_reports_every_finding(state: Path, tree: list[Path], tmp_path: Path) -> None:
@@ -300,6 +367,47 @@ def test_verify_with_runtime_policy_and_keyring(
 
 
 # -- policy runtime ---------------------------------------------------------------------
+
+
+def test_policy_runtime_rootfs_keyring_and_zero_boot_aggregate(
+    state: Path, tree: list[Path], tmp_path: Path, keys_dir: dict[str, Path]
+) -> None:
+    measured(state, tree)
+    root = str(tree[0].parent.resolve())
+    out = tmp_path / "p.json"
+    r = imaguard_ok("policy", "runtime", "--from-log", state / LOG, "-o", out, "--rootfs", root)
+    assert "all-zero boot_aggregate" in r.stderr  # a log made without a TPM
+    pol = RuntimePolicy.parse(out.read_text())
+    assert sorted(pol.digests) == sorted(["boot_aggregate", "/one", "/two", "/three_four"])
+    assert pol.digests["/one"] == (hashlib.sha256(tree[0].read_bytes()).hexdigest(),)
+    imaguard_ok("policy", "runtime", "--from-log", state / LOG, "-o", out, "--rootfs",
+                f"{root}=/usr/lib/app/")  # fmt: skip
+    assert "/usr/lib/app/one" in RuntimePolicy.parse(out.read_text()).digests
+    # only whole path components match: /x/tre is not a prefix of /x/tree/one
+    imaguard_ok("policy", "runtime", "--from-log", state / LOG, "-o", out, "--rootfs", root[:-1])
+    assert logged(tree[0]) in RuntimePolicy.parse(out.read_text()).digests
+    r = imaguard("policy", "runtime", "--from-log", state / LOG, "-o", out, "--rootfs", "rel")
+    assert_error(r, "--rootfs")
+
+    r = imaguard_ok("policy", "runtime", "--from-tree", tree[0].parent, "-o", out)
+    assert "boot_aggregate" not in r.stderr
+    certs = [keys_dir[k] / "cert.der" for k in ("rsa2048", "ecdsa-p256")]
+    imaguard_ok("policy", "runtime", "--from-tree", tree[0].parent, "-o", out,
+                "--keyring", certs[0], "--keyring", certs[1])  # fmt: skip
+    keys = RuntimePolicy.parse(out.read_text()).public_keys()
+    expected = []
+    for c in certs:
+        cert = load_certificates(c)[0]
+        spki = cert.public_key.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        expected.append((cert.key_id, spki))
+    assert sorted(keys) == sorted(expected)
+    assert_error(
+        imaguard("policy", "runtime", "--from-tree", tree[0].parent, "-o", out,
+                 "--keyring", tmp_path / "none"),
+    )  # fmt: skip
+    assert json.loads(out.read_text())["verification-keys"]  # the failed run left it whole
 
 
 def test_policy_runtime_from_log_and_tree(state: Path, tree: list[Path], tmp_path: Path) -> None:

@@ -134,12 +134,36 @@ def test_check_mode(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "policy", "check", f)
     assert code == 1
     assert "imaguard mode" in out
-    code, out, _ = run(capsys, "policy", "check", "--mode", "imaguard", f)
+    code, out, _ = run(capsys, "policy", "check", "--policy-mode", "imaguard", f)
     assert code == 0
-    code, _, _ = run(capsys, "policy", "check", "--mode", "kernel", f)
+    code, _, _ = run(capsys, "policy", "check", "--policy-mode", "kernel", f)
     assert code == 1
-    code, _, _ = run(capsys, "policy", "check", "--mode", "lenient", f)
+    code, _, _ = run(capsys, "policy", "check", "--policy-mode", "lenient", f)
     assert code == 2
+
+
+def test_old_spellings_mode_and_func_are_hidden_aliases(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    f = write(tmp_path, "app.policy", "measure func=PLUGIN_CHECK\n")
+    assert run(capsys, "policy", "check", "--mode", "imaguard", f)[0] == 0
+    assert run(capsys, "policy", "check", "--mode", "kernel", f)[0] == 1
+    new = ev(capsys, "--policy", f, "--policy-mode", "imaguard", "--hook", "PLUGIN_CHECK")
+    old = ev(capsys, "--policy", f, "--mode", "imaguard", "--func", "PLUGIN_CHECK")
+    assert new == old
+    assert new["measure"] is True
+    code, _, err = run(
+        capsys, "policy", "eval", "--policy", f, "--policy-mode", "imaguard",
+        "--hook", "PLUGIN_CHECK", "--func", "FILE_CHECK",
+    )  # fmt: skip
+    assert code == 2
+    assert "--func" in err
+    for verb in ("check", "show", "eval"):
+        code, out, _ = run(capsys, "policy", verb, "--help")
+        assert code == 0
+        assert "--policy-mode" in out
+        assert "--mode" not in out.replace("--policy-mode", "")
+        assert "--func" not in out
 
 
 # --------------------------------------------------------------------------------------
@@ -184,7 +208,7 @@ def test_show_builtin_separators_are_equivalent(capsys: pytest.CaptureFixture[st
 
 def test_show_imaguard_mode(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     f = write(tmp_path, "app.policy", "appraise cache=no path=/usr/bin/sudo func=PLUGIN_CHECK\n")
-    code, out, _ = run(capsys, "policy", "show", "--mode", "imaguard", f)
+    code, out, _ = run(capsys, "policy", "show", "--policy-mode", "imaguard", f)
     assert code == 0
     assert out == "appraise func=PLUGIN_CHECK path=/usr/bin/sudo cache=no \n"
 
@@ -196,10 +220,25 @@ def test_show_usage_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert run(capsys, "policy", "show", "--builtin", "nope")[0] != 0
     assert run(capsys, "policy", "show", tmp_path / "missing")[0] == 2
     bad = write(tmp_path, "bad.policy", "measure\nbogus\n")
-    code, out, err = run(capsys, "policy", "show", bad)
-    assert code != 0
-    assert out == ""
-    assert f"{bad}:2:1" in err
+    code, out, _ = run(capsys, "policy", "show", bad)
+    assert code == 1  # as policy check: invalid is 1, unreadable 2
+    assert out.startswith(f"{bad}:2:1: ")
+    assert (code, out) == run(capsys, "policy", "check", bad)[:2]
+
+
+def test_show_help_states_the_verity_order_difference(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run(capsys, "policy", "show", "--help")
+    assert code == 0
+    assert "digest_type=verity" in out
+    assert "ima_policy_show()" in out
+    f = write(
+        tmp_path, "v.policy", "appraise func=BPRM_CHECK digest_type=verity appraise_type=sigv3\n"
+    )
+    code, out, _ = run(capsys, "policy", "show", f)
+    assert code == 0
+    assert out == "appraise func=BPRM_CHECK digest_type=verity appraise_type=sigv3 \n"
 
 
 # --------------------------------------------------------------------------------------
@@ -252,7 +291,7 @@ def test_eval_json_object(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
         "audit\n",
     )
     obj = ev(
-        capsys, "--policy", f, "--func", "BPRM_CHECK", "--mask", "MAY_EXEC", "--fsmagic", "ef53"
+        capsys, "--policy", f, "--hook", "BPRM_CHECK", "--mask", "MAY_EXEC", "--fsmagic", "ef53"
     )
     assert kinds(obj) == {"measure", "appraise", "audit"}
     assert obj["pcr"] == 11
@@ -280,12 +319,12 @@ def test_eval_json_object(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
 
 def test_eval_defaults(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     f = write(tmp_path, "p.policy", "measure func=MODULE_CHECK\n")
-    obj = ev(capsys, "--policy", f, "--func", "FILE_CHECK")
+    obj = ev(capsys, "--policy", f, "--hook", "FILE_CHECK")
     assert kinds(obj) == set()
     assert obj["pcr"] == 10
     assert (obj["template"], obj["appraise_type"], obj["appraise_algos"]) == (None, None, None)
     assert obj["provenance"] == []
-    obj = ev(capsys, "--policy", f, "--func", "MODULE_CHECK")
+    obj = ev(capsys, "--policy", f, "--hook", "MODULE_CHECK")
     assert kinds(obj) == {"measure"}
     assert obj["pcr"] == 10
 
@@ -306,7 +345,7 @@ def test_eval_appraise_type_values(tmp_path: Path, capsys: pytest.CaptureFixture
         "FILE_CHECK": (None, None),
     }
     for func, (atype, dtype) in want.items():
-        obj = ev(capsys, "--policy", f, "--func", func)
+        obj = ev(capsys, "--policy", f, "--hook", func)
         assert obj["appraise"] is True
         assert (obj["appraise_type"], obj["digest_type"]) == (atype, dtype), func
 
@@ -317,11 +356,11 @@ def test_eval_mask(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         "m.policy",
         "measure func=FILE_CHECK mask=MAY_READ\naudit func=FILE_CHECK mask=^MAY_WRITE\n",
     )
-    obj = ev(capsys, "--policy", f, "--func", "FILE_CHECK", "--mask", "MAY_READ")
+    obj = ev(capsys, "--policy", f, "--hook", "FILE_CHECK", "--mask", "MAY_READ")
     assert kinds(obj) == {"measure"}
-    obj = ev(capsys, "--policy", f, "--func", "FILE_CHECK", "--mask", "MAY_READ|MAY_WRITE")
+    obj = ev(capsys, "--policy", f, "--hook", "FILE_CHECK", "--mask", "MAY_READ|MAY_WRITE")
     assert kinds(obj) == {"audit"}
-    obj = ev(capsys, "--policy", f, "--func", "PATH_CHECK", "--mask", "MAY_WRITE|MAY_APPEND")
+    obj = ev(capsys, "--policy", f, "--hook", "PATH_CHECK", "--mask", "MAY_WRITE|MAY_APPEND")
     assert kinds(obj) == {"audit"}
     assert (
         run(
@@ -330,7 +369,7 @@ def test_eval_mask(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
             "eval",
             "--policy",
             f,
-            "--func",
+            "--hook",
             "FILE_CHECK",
             "--mask",
             "MAY_OPEN",
@@ -346,7 +385,7 @@ def test_eval_builtin_separators(capsys: pytest.CaptureFixture[str], names: str)
         capsys,
         "--builtin",
         names,
-        "--func",
+        "--hook",
         "FILE_CHECK",
         "--mask",
         "MAY_READ",
@@ -364,7 +403,7 @@ def test_eval_builtin_separators(capsys: pytest.CaptureFixture[str], names: str)
         capsys,
         "--builtin",
         names,
-        "--func",
+        "--hook",
         "FILE_CHECK",
         "--mask",
         "MAY_READ",
@@ -387,7 +426,7 @@ def test_eval_policy_set(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
         f"exec-guard={a}",
         "--policy",
         b,
-        "--func",
+        "--hook",
         "BPRM_CHECK",
         "--mask",
         "MAY_EXEC",
@@ -402,14 +441,14 @@ def test_eval_policy_set(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
 def test_eval_conflict_fails_closed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     a = write(tmp_path, "a.policy", "appraise appraise_algos=sha256\n")
     b = write(tmp_path, "b.policy", "appraise appraise_algos=sha512\n")
-    obj = ev(capsys, "--policy", a, "--policy", b, "--func", "FILE_CHECK")
+    obj = ev(capsys, "--policy", a, "--policy", b, "--hook", "FILE_CHECK")
     assert obj["appraise"] is True
     assert not obj["appraise_algos"]
 
 
 def test_eval_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     f = write(tmp_path, "p.policy", "measure\n")
-    assert run(capsys, "policy", "eval", "--func", "FILE_CHECK", "--json")[0] == 2
+    assert run(capsys, "policy", "eval", "--hook", "FILE_CHECK", "--json")[0] == 2
     assert run(capsys, "policy", "eval", "--policy", f, "--json")[0] == 2  # no --func
     assert (
         run(
@@ -418,7 +457,7 @@ def test_eval_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
             "eval",
             "--policy",
             f,
-            "--func",
+            "--hook",
             "FILE_CHECK",
             "--fsmagic",
             "zz",
@@ -428,7 +467,7 @@ def test_eval_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     )
     assert (
         run(
-            capsys, "policy", "eval", "--policy", f, "--func", "FILE_CHECK", "--uid", "x", "--json"
+            capsys, "policy", "eval", "--policy", f, "--hook", "FILE_CHECK", "--uid", "x", "--json"
         )[0]
         == 2
     )
@@ -439,7 +478,7 @@ def test_eval_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
             "eval",
             "--policy",
             tmp_path / "missing",
-            "--func",
+            "--hook",
             "FILE_CHECK",
             "--json",
         )[0]
@@ -447,7 +486,7 @@ def test_eval_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     )
     bad = write(tmp_path, "bad.policy", "measure\nbogus\n")
     code, out, err = run(
-        capsys, "policy", "eval", "--policy", bad, "--func", "FILE_CHECK", "--json"
+        capsys, "policy", "eval", "--policy", bad, "--hook", "FILE_CHECK", "--json"
     )
     assert code != 0
     assert out == ""
@@ -584,7 +623,7 @@ def test_eval_option_changes_result(
     mode: str,
 ) -> None:
     f = write(tmp_path, "o.policy", policy + "\n")
-    base = ["--mode", mode, "--policy", str(f), "--func", "FILE_CHECK", "--mask", "MAY_READ"]
+    base = ["--policy-mode", mode, "--policy", str(f), "--hook", "FILE_CHECK", "--mask", "MAY_READ"]
     assert ev(capsys, *base, *hit)["measure"] is True
     assert ev(capsys, *base, *miss)["measure"] is False
     # without the option the attribute is unknown: only the dont_measure case measures
@@ -598,32 +637,32 @@ def test_eval_keyring_and_label(tmp_path: Path, capsys: pytest.CaptureFixture[st
         "measure func=KEY_CHECK keyrings=.ima|.evm pcr=12\n"
         "measure func=CRITICAL_DATA label=selinux\n",
     )
-    obj = ev(capsys, "--policy", f, "--func", "KEY_CHECK", "--keyring", ".evm")
+    obj = ev(capsys, "--policy", f, "--hook", "KEY_CHECK", "--keyring", ".evm")
     assert (obj["measure"], obj["pcr"]) == (True, 12)
     assert (
-        ev(capsys, "--policy", f, "--func", "KEY_CHECK", "--keyring", ".builtin")["measure"]
+        ev(capsys, "--policy", f, "--hook", "KEY_CHECK", "--keyring", ".builtin")["measure"]
         is False
     )
-    assert ev(capsys, "--policy", f, "--func", "KEY_CHECK")["measure"] is False
+    assert ev(capsys, "--policy", f, "--hook", "KEY_CHECK")["measure"] is False
     # --label is the CRITICAL_DATA name; --keyring does not stand in for it
     assert (
-        ev(capsys, "--policy", f, "--func", "CRITICAL_DATA", "--label", "selinux")["measure"]
+        ev(capsys, "--policy", f, "--hook", "CRITICAL_DATA", "--label", "selinux")["measure"]
         is True
     )
     assert (
-        ev(capsys, "--policy", f, "--func", "CRITICAL_DATA", "--label", "modules")["measure"]
+        ev(capsys, "--policy", f, "--hook", "CRITICAL_DATA", "--label", "modules")["measure"]
         is False
     )
     assert (
-        ev(capsys, "--policy", f, "--func", "CRITICAL_DATA", "--keyring", "selinux")["measure"]
+        ev(capsys, "--policy", f, "--hook", "CRITICAL_DATA", "--keyring", "selinux")["measure"]
         is False
     )
-    assert ev(capsys, "--policy", f, "--func", "KEY_CHECK", "--label", ".evm")["measure"] is False
+    assert ev(capsys, "--policy", f, "--hook", "KEY_CHECK", "--label", ".evm")["measure"] is False
 
 
 def test_eval_text_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     f = write(tmp_path, "p.policy", "measure pcr=11\nappraise appraise_type=imasig\n")
-    code, out, _ = run(capsys, "policy", "eval", "--policy", f, "--func", "BPRM_CHECK")
+    code, out, _ = run(capsys, "policy", "eval", "--policy", f, "--hook", "BPRM_CHECK")
     assert code == 0
     assert "measure" in out
     assert "appraise" in out
@@ -665,7 +704,7 @@ def test_subprocess_eval_json() -> None:
         "eval",
         "--builtin",
         "tcb|secure_boot",
-        "--func",
+        "--hook",
         "MODULE_CHECK",
         "--mask",
         "MAY_READ",
@@ -677,3 +716,21 @@ def test_subprocess_eval_json() -> None:
     assert kinds(obj) == {"measure", "appraise"}
     assert obj["appraise_type"] == "imasig"
     assert obj["pcr"] == 10
+
+
+def test_dont_audit_and_fs_subtype_in_kernel_mode(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    f = write(
+        tmp_path,
+        "audit.policy",
+        "dont_audit fs_subtype=sshfs\naudit func=BPRM_CHECK fsname=fuse\n",
+    )
+    code, out, _ = run(capsys, "policy", "check", "--policy-mode", "kernel", f)
+    assert code == 0, out
+    base = ("--policy", f, "--hook", "BPRM_CHECK", "--fsname", "fuse")
+    assert ev(capsys, *base)["audit"] is True  # no subtype: fs_subtype= never matches
+    assert ev(capsys, *base, "--fs-subtype", "sshfs")["audit"] is False
+    assert ev(capsys, *base, "--fs-subtype", "gvfsd-fuse")["audit"] is True
+    code, out, _ = run(capsys, "policy", "show", f)
+    assert out == "dont_audit fs_subtype=sshfs \naudit func=BPRM_CHECK fsname=fuse \n"

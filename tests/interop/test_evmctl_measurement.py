@@ -30,7 +30,6 @@ from helpers.measure import (
     imaguard_ok,
     log_pcrs,
     pcr_file,
-    pcr_files_from_json,
     verify_json,
 )
 from imaguard.formats.measurelist import iter_binary
@@ -59,10 +58,17 @@ def tree(tmp_path: Path, request: pytest.FixtureRequest) -> list[Path]:
 def build_log(
     state: Path, files: list[Path], out: Path, *measure_args: str
 ) -> tuple[Path, list[str]]:
-    """Measure, export the binary list, write evmctl PCR files: (log, --pcrs args)."""
+    """Measure, export the binary list and the evmctl PCR files: (log, --pcrs args)."""
     imaguard_ok("measure", "--state", state, *measure_args, *files)
     imaguard_ok("log", "export", "--state", state, "--binary", out)
-    return out, pcr_files_from_json(out.parent, log_pcrs(state))
+    args = imaguard_ok(
+        "log", "pcrs", "--state", state, "--format", "evmctl", "-o", out.parent
+    ).out.split()
+    assert args == [
+        "--pcrs", f"sha1,{out.parent / 'pcrs-sha1.txt'}",
+        "--pcrs", f"sha256,{out.parent / 'pcrs-sha256.txt'}",
+    ]  # fmt: skip
+    return out, args
 
 
 def imaguard_pcr_args(state: Path) -> list[str]:
@@ -328,9 +334,9 @@ def test_violation_replays_with_ff_as_evmctl_ignore_violations(
         pcrs = {b: {i: v.hex() for i, v in p.items()} for b, p in s.pcrs().items()}
     log = tmp_path / "log.bin"
     imaguard_ok("log", "export", "--state", state, "--binary", log)
-    args = pcr_files_from_json(
-        tmp_path, {b: {str(i): v for i, v in p.items()} for b, p in pcrs.items()}
-    )
+    args = imaguard_ok(
+        "log", "pcrs", "--state", state, "--format", "evmctl", "-o", tmp_path
+    ).out.split()
     r = evmctl_measurement(log, *args)
     assert not evmctl_accepts(r), r.explain()  # evmctl extends zeros without the flag
     r = evmctl_measurement(log, "--ignore-violations", *args)

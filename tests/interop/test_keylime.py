@@ -1,7 +1,7 @@
 """Keylime 7.14.3's own verifier judging imaguard's ASCII logs and runtime policies.
 
 Keylime runs offline in its own venv (``make test`` installs it) through
-tests/measure/keylime_runner.py: ``process_measurement_list`` per bank (sha1, sha256),
+scripts/keylime-check: ``process_measurement_list`` per bank (sha1, sha256),
 with the policy imaguard generated and, where given, the PCR 10 value imaguard computed.
 
 Event ids <-> imaguard findings:
@@ -13,6 +13,7 @@ Event ids <-> imaguard findings:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -28,6 +29,7 @@ from helpers.measure import (
     finding_codes,
     imaguard_ok,
     log_pcrs,
+    run,
     verify_json,
 )
 from helpers.measure import imaguard as run_imaguard
@@ -407,3 +409,74 @@ def test_agree_on_a_log_ahead_of_the_quote_with_prefix_ok(
     )
     assert r.returncode == 1, r.explain()
     assert "beyond-pcr:" in r.out
+
+
+def test_policy_runtime_keyring_fills_verification_keys_keylime_uses(
+    keylime: Keylime, case: Case, keys_dir: dict[str, Path]
+) -> None:
+    """``policy runtime --keyring DIR``: Keylime accepts a signed entry through the keys the
+    option wrote, with the entry's digest removed from the policy."""
+    signed = case.file("bin/signed")
+    other = case.file("bin/other")
+    key = keys_dir["rsa2048"]
+    imaguard_ok("sign", "--key", key / "private.pem", "--store", "sigfile", signed)
+    case.measure(signed, other, template="ima-sig")
+    log = case.export()
+    name = str(signed.resolve())
+    pcrs = case.pcrs()
+    for keyring, accepted in (((), False), (("--keyring", str(key / "cert.der")), True)):
+        full = RuntimePolicy.parse(case.policy(log, *keyring).read_text())
+        assert bool(full.verification_keys) is accepted
+        without = {k: v for k, v in full.digests.items() if k != name}
+        p = case.base / "without.json"
+        p.write_text(dataclasses.replace(full, digests=without).serialize())
+        events, codes, _ = judge(keylime, log, p, pcrs)
+        assert_agree(events, codes)
+        assert (not codes) is accepted, (keyring, codes)
+
+
+def test_policy_runtime_rootfs_rewrites_paths_keylime_matches(keylime: Keylime, case: Case) -> None:
+    """A policy made from an image mounted elsewhere (--from-tree, --rootfs OLD=NEW) matches
+    the log of the machine where the files live at NEW."""
+    files = [case.file("a"), case.file("b")]
+    case.measure(*files)
+    log = case.export()
+    image = case.base / "image"
+    (image / "srv").mkdir(parents=True)
+    for f in files:
+        (image / "srv" / f.name).write_bytes(f.read_bytes())
+    tree_root = str(case.tree.resolve())
+    agg = case.base / "agg.json"
+    imaguard_ok("policy", "runtime", "--from-log", log, "-o", agg)
+    boot = RuntimePolicy.parse(agg.read_text()).digests["boot_aggregate"]
+    out = case.base / "image.json"
+    imaguard_ok(
+        "policy", "runtime", "--from-tree", image, "-o", out, "--boot-aggregate", boot[0],
+        "--rootfs", f"{(image / 'srv').resolve()}={tree_root}",
+    )  # fmt: skip
+    pol = RuntimePolicy.parse(out.read_text())
+    assert sorted(pol.digests) == sorted([*(str(f.resolve()) for f in files), "boot_aggregate"])
+    events, codes, _ = judge(keylime, log, out, case.pcrs())
+    assert (events, codes) == (set(), set())
+
+
+def test_keylime_check_script_says_accepted_or_rejected(keylime: Keylime, case: Case) -> None:
+    """scripts/keylime-check, the documented command: words and exit codes 0/1/2."""
+    script = Path(__file__).resolve().parents[2] / "scripts" / "keylime-check"
+    files = [case.file("a"), case.file("b")]
+    case.measure(*files)
+    log = case.export()
+    policy = case.policy(log)
+    pcrs = [f"--pcr={b}={v}" for b, v in case.pcrs().items()]
+    r = run(keylime.python, script, log, policy, *pcrs, timeout=60)
+    assert r.returncode == 0, r.explain()
+    assert r.out.splitlines()[0].startswith("sha1: accepted (PCR checked;")
+    doc = json.loads(policy.read_text())
+    del doc["digests"][str(files[0].resolve())]
+    policy.write_text(json.dumps(doc))
+    r = run(keylime.python, script, log, policy, timeout=60)
+    assert r.returncode == 1, r.explain()
+    assert "REJECTED: " + KEYLIME_EVENTS["not_in_allowlist"] in r.out
+    assert "PCR not checked" in r.out
+    r = run(keylime.python, script, log, case.base / "missing.json", timeout=60)
+    assert r.returncode == 2, r.explain()

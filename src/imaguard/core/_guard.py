@@ -131,12 +131,17 @@ class Guard:
         keyrings: Iterable[str | os.PathLike[str]] = (),
         state: str | os.PathLike[str] | None = None,
         mode: AppraiseMode = "enforce",
-        policy_mode: Mode = "kernel",
+        policy_mode: Mode = "imaguard",
         *,
         builtin: str | None = None,
         **kwargs: Any,
     ) -> Guard:
-        """A Guard from policy files ({name: path}), built-ins, and certificate files or dirs."""
+        """A Guard from policy files ({name: path}), built-ins, and certificate files or dirs.
+
+        Policies are read in ``policy_mode`` "imaguard" by default: the kernel's grammar plus
+        application hooks, ``path=`` and ``cache=no`` (every kernel policy parses the same);
+        pass "kernel" to refuse what the kernel would refuse.
+        """
         pset = PolicySet(appraise_enabled=mode != "off")
         if builtin:
             b = builtin_policy(builtin)

@@ -28,7 +28,7 @@ import hashlib
 import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 from imaguard.errors import FormatError, TruncatedError
 from imaguard.formats.template import (
@@ -44,6 +44,7 @@ __all__ = [
     "MAX_TEMPLATE_DATA",
     "LogRecord",
     "RawRecord",
+    "detect",
     "iter_ascii",
     "iter_binary",
     "parse_ascii",
@@ -367,3 +368,12 @@ def iter_ascii(text: bytes, bank: str = "sha1") -> Iterator[RawRecord]:
             td += pack(len(sig)) + sig
         yield RawRecord(index, number, pcr, digest, tname, td, name, (algo, file_digest), sig)
         index += 1
+
+
+def detect(data: bytes) -> Literal["binary", "ascii"]:
+    """Which of the two list formats DATA is: a binary list starts with a little-endian PCR
+    index below 24; an ASCII line starts with the PCR in decimal ("10 ..."), whose bytes read
+    as a far larger number. An empty input is an empty binary list."""
+    if len(data) < 4 or _U32.unpack_from(data)[0] < MAX_PCR:
+        return "binary"
+    return "ascii"

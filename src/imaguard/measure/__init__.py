@@ -5,6 +5,7 @@ from imaguard.measure._entries import buffer_entry, file_entry, violation_entry
 from imaguard.measure._logstore import AppendResult, LogStore, OpenReport
 from imaguard.measure._pcr import PcrBackend, SoftwarePcrs, compute_boot_aggregate
 from imaguard.measure._runtime import policy_from_records, policy_from_tree
+from imaguard.measure._state import StateLog, read_state, records_from_any
 from imaguard.measure._tpm import TpmPcrs
 from imaguard.measure._verify import (
     Finding,
@@ -21,6 +22,7 @@ __all__ = [
     "OpenReport",
     "PcrBackend",
     "SoftwarePcrs",
+    "StateLog",
     "TpmPcrs",
     "VerifyResult",
     "buffer_entry",
@@ -28,6 +30,8 @@ __all__ = [
     "file_entry",
     "policy_from_records",
     "policy_from_tree",
+    "read_state",
+    "records_from_any",
     "records_from_ascii",
     "records_from_binary",
     "verify_records",

@@ -15,6 +15,7 @@ from imaguard.policy._evaluate import (
     match_rule,
     parse_mask,
 )
+from imaguard.policy._hooks import hook_name
 from imaguard.policy._parser import Mode, Policy, parse_policy, parse_rule
 from imaguard.policy._policyset import (
     Conflict,
@@ -47,6 +48,7 @@ __all__ = [
     "Subject",
     "builtin_policy",
     "evaluate_naive",
+    "hook_name",
     "match_rule",
     "parse_mask",
     "parse_policy",

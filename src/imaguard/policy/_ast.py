@@ -40,6 +40,7 @@ class Action(StrEnum):
     APPRAISE = "appraise"
     DONT_APPRAISE = "dont_appraise"
     AUDIT = "audit"
+    DONT_AUDIT = "dont_audit"
     HASH = "hash"
     DONT_HASH = "dont_hash"
 
@@ -137,6 +138,7 @@ class Rule:
     inmask: bool = False
     fsmagic: int | None = None
     fsname: str | None = None
+    fs_subtype: str | None = None
     fsuuid: uuid.UUID | None = None
     uid: IdCondition | None = None
     gid: IdCondition | None = None
@@ -210,6 +212,8 @@ class Rule:
             put(f"fsmagic=0x{self.fsmagic:x}")
         if self.fsname is not None:
             put(f"fsname={self.fsname}")
+        if self.fs_subtype is not None:
+            put(f"fs_subtype={self.fs_subtype}")
         if self.keyrings is not None:
             put("keyrings=" + "|".join(self.keyrings))
         if self.labels is not None:

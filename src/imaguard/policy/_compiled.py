@@ -54,6 +54,7 @@ _ENV_FIELDS = (
     "fgroup",
     "fsmagic",
     "fsname",
+    "fs_subtype",
     "fsuuid",
     "ouser",
     "orole",
@@ -77,6 +78,7 @@ class _Env:
         self.suser, self.srole, self.stype = s.user, s.role, s.type
         self.fowner, self.fgroup = o.fowner, o.fgroup
         self.fsmagic, self.fsname = o.fsmagic, o.fsname
+        self.fs_subtype = o.fs_subtype
         self.fsuuid = o.fsuuid.lower() if o.fsuuid is not None else None
         self.ouser, self.orole, self.otype = o.user, o.role, o.type
         self.path = o.path
@@ -116,6 +118,8 @@ def _conditions(rule: Rule, hook_class: str) -> list[str]:
         conds.append(f"fsmagic == {rule.fsmagic}")
     if rule.fsname is not None:
         conds.append(f"fsname == {rule.fsname!r}")
+    if rule.fs_subtype is not None:
+        conds.append(f"fs_subtype == {rule.fs_subtype!r}")
     if rule.fsuuid is not None:
         conds.append(f"fsuuid == {str(rule.fsuuid)!r}")
     for base, cond, cap in (("uid", rule.uid, "capu"), ("gid", rule.gid, "capg")):

@@ -89,6 +89,7 @@ class Object:
     fgroup: int | None = None
     fsmagic: int | None = None
     fsname: str | None = None
+    fs_subtype: str | None = None
     fsuuid: str | None = None
     user: str | None = None
     role: str | None = None
@@ -146,6 +147,8 @@ def match_rule(rule: Rule, req: Request) -> bool:
     obj = req.object
     if rule.fsmagic is not None and rule.fsmagic != obj.fsmagic:
         return False
+    if rule.fs_subtype is not None and rule.fs_subtype != obj.fs_subtype:
+        return False  # a filesystem without a subtype never matches (ima_match_rules)
     if rule.fsname is not None and rule.fsname != obj.fsname:
         return False
     if rule.fsuuid is not None and (obj.fsuuid is None or str(rule.fsuuid) != obj.fsuuid.lower()):

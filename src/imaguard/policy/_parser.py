@@ -62,6 +62,7 @@ _VALUE_KEYS = {
     "mask",
     "fsmagic",
     "fsname",
+    "fs_subtype",
     "fsuuid",
     "keyrings",
     "label",
@@ -84,6 +85,7 @@ _STD = frozenset(
         "FSMAGIC",
         "FSUUID",
         "FSNAME",
+        "FS_SUBTYPE",
         "UID",
         "EUID",
         "GID",
@@ -104,6 +106,7 @@ _ALLOWED: dict[str, frozenset[str]] = {
             "FSMAGIC",
             "FSUUID",
             "FSNAME",
+            "FS_SUBTYPE",
             "UID",
             "EUID",
             "GID",
@@ -126,6 +129,7 @@ _FLAG_TOKEN = {
     "FSMAGIC": "fsmagic=",
     "FSUUID": "fsuuid=",
     "FSNAME": "fsname=",
+    "FS_SUBTYPE": "fs_subtype=",
     "UID": "uid",
     "EUID": "euid",
     "GID": "gid",
@@ -296,6 +300,12 @@ class _RuleBuilder:
         self.fields["fsname"] = value  # the kernel keeps the last one
         self.flag("FSNAME", col)
 
+    def _opt_fs_subtype(self, value: str, col: int) -> None:
+        if "fs_subtype" in self.fields:
+            raise _RuleError(col, "fs_subtype= given twice in one rule")
+        self.fields["fs_subtype"] = value
+        self.flag("FS_SUBTYPE", col)
+
     def _opt_fsuuid(self, value: str, col: int) -> None:
         if "fsuuid" in self.fields:
             raise _RuleError(col, "fsuuid= given twice in one rule")
@@ -456,7 +466,7 @@ class _RuleBuilder:
             raise _RuleError(
                 1,
                 "no action (measure, dont_measure, appraise, dont_appraise, "
-                "audit, hash, dont_hash)",
+                "audit, dont_audit, hash, dont_hash)",
             )
         action = self.action
         flags = self.flags

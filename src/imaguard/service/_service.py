@@ -24,7 +24,15 @@ __all__ = ["Service", "close_quietly"]
 _log = logging.getLogger(__name__)
 
 OLD_GUARD_GRACE = 2.0  # seconds a swapped-out Guard stays open for decisions still using it
-_RESTART_ONLY = ("watch", "socket", "interpreters", "workers", "queue_limit", "open_events", "cache_opens")
+_RESTART_ONLY = (
+    "watch",
+    "socket",
+    "interpreters",
+    "workers",
+    "queue_limit",
+    "open_events",
+    "cache_opens",
+)
 
 
 class Service:

@@ -125,7 +125,7 @@ def test_from_files_errors_are_imaguard_errors(tmp_path: Path, rsa_dir: Path) ->
     with pytest.raises(imaguard.UsageError):
         Guard.from_files({"x": tmp_path / "missing.policy"}, [rsa_dir / "cert.der"])
     with pytest.raises(imaguard.PolicyError):
-        Guard.from_files({"x": write_policy(tmp_path, "bad", "appraise func=NOPE\n")}, [])
+        Guard.from_files({"x": write_policy(tmp_path, "bad", "appraise bogus=1\n")}, [])
     empty = tmp_path / "no-certs"
     empty.mkdir()
     with pytest.raises(imaguard.KeyLoadError):

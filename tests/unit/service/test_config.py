@@ -171,7 +171,7 @@ BAD = [
     ("workers", "workers = true\n" + WATCH + POLICY),
     ("queue_limit", 'queue_limit = "8"\n' + WATCH + POLICY),
     ("open_events", 'open_events = "yes"\n' + WATCH + POLICY),
-    ("cache_opens", 'cache_opens = 1\n' + WATCH + POLICY),
+    ("cache_opens", "cache_opens = 1\n" + WATCH + POLICY),
     ("audit_syslog", "audit_syslog = 1\n" + WATCH + POLICY),
     ("restart_delay_max", "restart_delay_max = -1\n" + WATCH + POLICY),
     ("policy", WATCH),
