@@ -10,11 +10,11 @@ Exit codes, decided in one place (:func:`imaguard.cli._root.main`):
 
 from __future__ import annotations
 
-import contextlib
 import os
 
 import click
 
+from imaguard._fsutil import atomic_write
 from imaguard.errors import Error
 
 EXIT_OK = 0
@@ -45,21 +45,10 @@ def read_file(path: str) -> bytes:
 
 
 def write_atomic(path: str, data: bytes) -> None:
-    """Write PATH whole or not at all (temporary file, fsync, rename).
-
-    The command line's only writer of output files; it moves to the shared helper once the
-    library has one.
-    """
-    tmp = f"{path}.tmp{os.getpid()}"
+    """Write PATH whole or not at all (:func:`imaguard._fsutil.atomic_write`); one clear error."""
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        atomic_write(path, data)
     except OSError as e:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
         raise Error(f"{path}: cannot write: {e.strerror or e}") from e
 
 
