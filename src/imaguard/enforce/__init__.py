@@ -8,7 +8,7 @@ mmap writes and ignore marks, memfd exec, EPERM, fail-open when the last group f
 No sockets and no config files here: that is ``imaguard.service``.
 """
 
-from imaguard.enforce._engine import Enforcer, EnforcerStats, EventDecision
+from imaguard.enforce._engine import ROOT_OWNED, Enforcer, EnforcerStats, EventDecision
 from imaguard.enforce._events import (
     DEFAULT_INTERPRETERS,
     DEFAULT_SCRIPT_EXEMPT,
@@ -22,6 +22,7 @@ from imaguard.enforce._fanotify import Event, FanotifyGroup, pack_event, parse_e
 __all__ = [
     "DEFAULT_INTERPRETERS",
     "DEFAULT_SCRIPT_EXEMPT",
+    "ROOT_OWNED",
     "Enforcer",
     "EnforcerStats",
     "Event",

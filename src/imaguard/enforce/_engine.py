@@ -35,21 +35,22 @@ flushed (:meth:`Enforcer.swap_guard`). No mark is added when:
   after the mark is in place; the mark is removed if they moved).
 
 ``FAN_OPEN_EXEC_PERM`` is ignored after an allowed exec. ``FAN_OPEN_PERM`` is ignored too
-(``open_marks=True``, the default) only when every hook a read-only open of that file could
-be decided under demands no more than the decision already showed (same appraisal kind, no
-measure/audit/hash); otherwise each open still comes to the daemon.
+only when every hook a read-only open of that file could be decided under demands no more
+than the decision already showed (same appraisal kind, no measure/audit/hash), and only for
+files the ``open_marks`` setting allows: ``"root-owned"`` (the default) — files owned by root
+with no group/other write bit and no POSIX ACL, which no unprivileged process can open for
+write; ``True`` — every file; ``False`` — none. Otherwise each open still comes to the daemon.
 
 What cannot clear an ignore mark: **writes through a shared writable mmap raise no modify
 event** (fanotify(7)). Covered as follows: a write open that reaches the daemon removes the
-inode's marks before it is allowed, so an exec-only mark (``open_marks=False``) can never
-outlive a writer; no mark is added while any process has the file open for write; and the
-Guard's change cookie (ctime) catches the changed content on the next event after the mark
-is gone. The residual gap with ``open_marks=True``: a process that opens an already-cached
-file for write (that open is ignored, so the daemon does not see it) and changes it only
-through a shared mapping keeps the stale mark until the inode is evicted, any ``write(2)``
-reaches it, or the marks are flushed. Use ``open_marks=False`` to close it, at the price of
-one round trip per open (and per exec: the kernel raises ``FAN_OPEN_PERM`` for the exec's
-own open as well).
+inode's marks before it is allowed; no mark is added while any process has the file open for
+write; and the Guard's change cookie (ctime) catches the changed content on the next event
+after the mark is gone. A write open reaches the daemon unless the inode carries an
+open-ignore mark, which by default only files that only root can write get — and root is
+outside what a user-space enforcer can stop. With ``open_marks=True`` the residual gap is
+real: a process that opens an already-cached file for write (that open is ignored, so the
+daemon does not see it) and changes it only through a shared mapping keeps the stale mark
+until the inode is evicted, any ``write(2)`` reaches it, or the marks are flushed.
 
 Other limits, stated plainly:
 
@@ -113,6 +114,9 @@ _log = logging.getLogger(__name__)
 
 F_SETLEASE = 1024
 F_SETSIG = 10
+ROOT_OWNED = "root-owned"
+"""``open_marks`` value: cache plain opens in the kernel only for files no user but root can
+write (the default); ``True`` caches them for every file, ``False`` for none."""
 _LEASE_SIGNAL = signal.SIGWINCH  # default action: ignore (a lease break cannot kill us)
 
 
@@ -222,11 +226,13 @@ class Enforcer:
         own_pids: Collection[int] = (),
         inflight_path: str | None = None,
         on_decision: Callable[[EventDecision], None] | None = None,
-        open_marks: bool = True,
+        open_marks: bool | str = ROOT_OWNED,
         script_exempt: Sequence[str] = DEFAULT_SCRIPT_EXEMPT,
     ) -> None:
         if workers < 1:
             raise ValueError("workers must be at least 1")
+        if open_marks not in (True, False, ROOT_OWNED):
+            raise ValueError(f"open_marks must be True, False or {ROOT_OWNED!r}")
         self.group = group
         self.permissive = permissive
         self.interpreters = tuple(interpreters)
@@ -512,7 +518,9 @@ class Enforcer:
         if not decided.cache or decided.conflict is not None:
             return False
         exec_ok = cls.hook == "BPRM_CHECK" and cls.mask == MAY_EXEC
-        open_ok = self.open_marks
+        open_ok = self.open_marks is True or (
+            self.open_marks == ROOT_OWNED and _only_root_can_write(ev.fd, st)
+        )
         for hook, mask in candidate_hooks(cls.elf):
             if (hook, mask) == (cls.hook, cls.mask):
                 continue
@@ -588,6 +596,23 @@ def _changed(a: os.stat_result, b: os.stat_result) -> bool:
         b.st_mtime_ns,
         b.st_ctime_ns,
     )
+
+
+def _only_root_can_write(fd: int, st: os.stat_result) -> bool:
+    """Can no user but root open this file for write (or change who can)?
+
+    Owned by root, no group or other write bit, and no POSIX ACL that could grant more
+    (see acl(5)): then an unprivileged writer is refused by the kernel's own permission
+    check before any fanotify event, and only root (outside the threat model) could open
+    it for write behind an ignore mark.
+    """
+    if st.st_uid != 0 or st.st_mode & 0o022:
+        return False
+    try:
+        os.getxattr(fd, "system.posix_acl_access")
+    except OSError as e:
+        return e.errno in (errno.ENODATA, errno.EOPNOTSUPP)
+    return False
 
 
 def _open_for_write(fd: int) -> bool:

@@ -91,7 +91,7 @@ class Config:
     workers: int = 4
     queue_limit: int = 4096
     open_events: bool = True
-    cache_opens: bool = False
+    cache_opens: bool | str = "root-owned"
     audit_syslog: bool = False
     restart_delay_max: float = 5.0
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
@@ -242,7 +242,9 @@ def _from_document(doc: dict[str, Any], r: _Reader) -> Config:
     workers = r.integer("workers", doc.get("workers", 4), 1, 64)
     queue_limit = r.integer("queue_limit", doc.get("queue_limit", 4096), 1, 1 << 20)
     open_events = r.boolean("open_events", doc.get("open_events", True))
-    cache_opens = r.boolean("cache_opens", doc.get("cache_opens", False))
+    cache_opens = doc.get("cache_opens", "root-owned")
+    if not (isinstance(cache_opens, bool) or cache_opens == "root-owned"):
+        raise r.fail("cache_opens", f'must be true, false or "root-owned", not {cache_opens!r}')
     audit_syslog = r.boolean("audit_syslog", doc.get("audit_syslog", False))
     delay = doc.get("restart_delay_max", 5.0)
     if type(delay) not in (int, float) or not 0 <= delay <= 300:

@@ -17,7 +17,7 @@ import threading
 
 from imaguard import Keyring
 from imaguard.core import Guard
-from imaguard.enforce import Enforcer, EventDecision, FanotifyGroup
+from imaguard.enforce import ROOT_OWNED, Enforcer, EventDecision, FanotifyGroup
 from imaguard.policy import PolicySet, parse_policy
 
 
@@ -36,6 +36,7 @@ def main() -> None:
     ap.add_argument("--no-open-events", action="store_true")
     ap.add_argument("--slow", type=float, default=0.0)
     ap.add_argument("--no-open-marks", action="store_true")
+    ap.add_argument("--all-open-marks", action="store_true")
     ap.add_argument("--own-pid", type=int, action="append", default=[])
     a = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
@@ -88,7 +89,7 @@ def main() -> None:
         inflight_path=a.inflight,
         on_decision=record,
         own_pids=a.own_pid,
-        open_marks=not a.no_open_marks,
+        open_marks=False if a.no_open_marks else True if a.all_open_marks else ROOT_OWNED,
         **kw,
     )
     recovered = enf.recover_inflight()

@@ -287,11 +287,54 @@ def test_shared_mmap_write_with_exec_only_marks_is_refused(env) -> None:  # type
         assert refused_eperm(exec_result([str(good)]))
 
 
-def test_shared_mmap_write_under_open_marks_is_the_documented_gap(env) -> None:  # type: ignore[no-untyped-def]
-    """open_marks=True (default): a write open of a cached file is ignored by the kernel and
-    a shared-mmap write raises no modify event, so the stale mark stands until flushed."""
+def test_shared_mmap_write_by_an_unprivileged_owner_is_refused(env) -> None:  # type: ignore[no-untyped-def]
+    """open_marks="root-owned" (default): a file its unprivileged owner can write gets an
+    exec-only mark, so the owner's write open reaches the daemon and drops it before the
+    shared-mmap write; the changed program is refused."""
     mnt, _key, cert, tmp, good, _bad = env
+    os.chown(good, 65534, 65534)
+    os.chmod(good, 0o755)  # noqa: S103 - a program must be executable
     with enforcer(mnt, cert, tmp) as d:
+        assert exec_result([str(good)]).returncode == 0
+        events = d.stats()["events"]
+        assert exec_result([str(good)]).returncode == 0
+        assert d.stats()["events"] > events  # the exec's own open still reaches the daemon
+        # cwd is entered before the uid changes: the pytest tmp dir above is root-only
+        r = run(
+            ["/usr/bin/python3", "-c", _MMAP_WRITE, good.name],
+            user=65534,
+            group=65534,
+            extra_groups=[],
+            cwd=good.parent,
+        )
+        assert r.returncode == 0, r.stderr
+        assert refused_eperm(exec_result([str(good)]))
+
+
+def test_root_owned_files_are_cached_whole_in_the_kernel(env) -> None:  # type: ignore[no-untyped-def]
+    """open_marks="root-owned" (default): a root-owned program no one else can write gets the
+    open mark too, so a cached exec raises no event at all."""
+    mnt, _key, cert, tmp, good, _bad = env
+    assert os.stat(good).st_uid == 0
+    with enforcer(mnt, cert, tmp) as d:
+        assert exec_result([str(good)]).returncode == 0
+        events = d.stats()["events"]
+        for _ in range(5):
+            assert exec_result([str(good)]).returncode == 0
+        assert d.stats()["events"] == events
+        os.chmod(good, 0o775)  # noqa: S103 - now the group may write: the next mark is exec-only
+        d.flush()
+        assert exec_result([str(good)]).returncode == 0
+        events = d.stats()["events"]
+        assert exec_result([str(good)]).returncode == 0
+        assert d.stats()["events"] > events
+
+
+def test_shared_mmap_write_under_open_marks_is_the_documented_gap(env) -> None:  # type: ignore[no-untyped-def]
+    """open_marks=True: a write open of a cached file is ignored by the kernel and a
+    shared-mmap write raises no modify event, so the stale mark stands until flushed."""
+    mnt, _key, cert, tmp, good, _bad = env
+    with enforcer(mnt, cert, tmp, "--all-open-marks") as d:
         assert exec_result([str(good)]).returncode == 0
         events = d.stats()["events"]
         assert run([sys.executable, "-c", _MMAP_WRITE, str(good)]).returncode == 0

@@ -110,7 +110,9 @@ def test_defaults(write_config: WriteConfig) -> None:
     assert cfg.interpreters is None
     assert cfg.tpm is None
     assert cfg.policy_keyrings is None
-    assert cfg.cache_opens is False  # safe default: a write open always reaches the daemon
+    assert (
+        cfg.cache_opens == "root-owned"
+    )  # opens cached in the kernel only for root-only-writable files
     assert (cfg.workers, cfg.queue_limit, cfg.open_events, cfg.audit_syslog) == (
         4,
         4096,
