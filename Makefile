@@ -48,7 +48,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check src tests bench
 
 typecheck: $(STAMP)
-	$(VENV)/bin/mypy src
+	$(VENV)/bin/mypy src tests
 
 unit: $(STAMP)
 	$(VENV)/bin/pytest --cov=imaguard --cov-branch --cov-report=term-missing:skip-covered

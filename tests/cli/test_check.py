@@ -291,7 +291,7 @@ def test_check_errors_exit_2_without_traceback(
     good = write_policy(tmp_path, "good", EXEC_SIG)
     empty = tmp_path / "empty"
     empty.mkdir()
-    args: dict[str, tuple[str | os.PathLike[str], ...]] = {
+    args: tuple[str | os.PathLike[str], ...] = {
         "bad-policy": ("--policy", write_policy(tmp_path, "bad", "appraise func=NOPE\n"),
                        "--keyring", rsa_dir),
         "missing-policy": ("--policy", tmp_path / "nope.policy", "--keyring", rsa_dir),

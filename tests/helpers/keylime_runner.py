@@ -38,7 +38,7 @@ def main() -> int:
     with open(log_path) as f:
         lines = f.read().split("\n")
     out: dict[str, dict[str, object]] = {}
-    for bank, value in pcrs.items():
+    for bank, pcr in pcrs.items():
         rings = file_signatures.ImaKeyrings()
         rings.set_tenant_keyring(
             file_signatures.ImaKeyring.from_string(policy["verification-keys"])
@@ -47,7 +47,7 @@ def main() -> int:
             None,
             list(lines),
             copy.deepcopy(policy),
-            pcrval=value,
+            pcrval=pcr,
             ima_keyrings=rings,
             boot_aggregates=None,
             hash_alg=algorithms.Hash(bank),

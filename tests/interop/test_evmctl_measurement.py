@@ -26,6 +26,7 @@ from helpers.measure import (
     evmctl_accepts,
     evmctl_measurement,
     finding_codes,
+    findings_of,
     imaguard,
     imaguard_ok,
     log_pcrs,
@@ -365,7 +366,7 @@ def test_bad_signature_and_unknown_key(
     assert not evmctl_accepts(r)
     code, doc = verify_json("--binary", log, *ours, "--keyring", str(rsa / "cert.der"))
     assert code == 1
-    assert [(f["code"], f["index"]) for f in doc["findings"]] == [("signature-invalid", 2)]
+    assert [(f["code"], f["index"]) for f in findings_of(doc)] == [("signature-invalid", 2)]
 
     r = evmctl_measurement(log, "--verify-sig", "--key", str(ec / "cert.der"), *pcrs)
     assert r.returncode == 0, r.explain()
@@ -374,7 +375,7 @@ def test_bad_signature_and_unknown_key(
     code, doc = verify_json("--binary", log, *ours, "--keyring", str(ec / "cert.der"))
     assert code == 1
     assert finding_codes(doc) == {"unknown-key"}
-    assert sorted(f["index"] for f in doc["findings"]) == [1, 2]
+    assert sorted(f["index"] for f in findings_of(doc)) == [1, 2]
 
 
 def test_json_pcrs_and_pcr_files_agree(tmp_path: Path, tree: list[Path]) -> None:

@@ -15,6 +15,7 @@ from helpers import needs_root
 from helpers.core import EVIL, edit_in_place_keep_mtime, write_policy
 from imaguard.appraise import _cache as verdict_cache
 from imaguard.appraise import _calls as calls_mod
+from imaguard.appraise import _files as files_mod
 from imaguard.core import Guard
 from imaguard.core import _guard as guard_mod
 from imaguard.policy import PolicySet, parse_policy
@@ -29,7 +30,7 @@ V2_EXTRA = "measure func=KEXEC_KERNEL_CHECK\n"  # a real change (comments do not
 def count_hashes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Every content hash the Guard and the direct calls compute, by file name."""
     seen: list[str] = []
-    real_guard, real_calls = guard_mod.hash_fd, calls_mod.hash_fd
+    real_guard = real_calls = files_mod.hash_fd  # both modules import it from _files
 
     def counting(real: Callable[..., object]) -> Callable[..., object]:
         def wrapper(ref: object, algo: object) -> object:

@@ -79,8 +79,8 @@ def cli_verify_state(state: Path) -> None:
 def test_error_classes_are_exported_at_the_top_level() -> None:
     """The error tree (imaguard/errors.py) names BackendError and LogIntegrityError as
     public branches; callers catch them as imaguard.BackendError / imaguard.LogIntegrityError."""
-    assert imaguard.BackendError is BackendError  # type: ignore[attr-defined]
-    assert imaguard.LogIntegrityError is LogIntegrityError  # type: ignore[attr-defined]
+    assert imaguard.BackendError is BackendError
+    assert imaguard.LogIntegrityError is LogIntegrityError
     assert issubclass(BackendError, imaguard.Error)
     assert issubclass(LogIntegrityError, imaguard.Error)
 
@@ -413,7 +413,8 @@ def test_concurrent_appends_from_many_threads(store: LogStore, state: Path) -> N
     names = [e.name for e in entries[1:]]
     assert len(set(names)) == threads * per_thread
     for t, out in results.items():
-        idx = [r.index for r in out]
+        idx = [r.index for r in out if r.index is not None]
+        assert len(idx) == len(out)
         assert all(r.added for r in out)
         assert idx == sorted(idx), f"thread {t}: its entries are out of order"
         for i, r in zip(range(per_thread), out, strict=True):

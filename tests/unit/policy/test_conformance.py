@@ -458,7 +458,9 @@ class Decide:
     expect: tuple[tuple[str, Any], ...]
 
 
-def row(cite: str, what: str, policy: str, request: Request, actions: str = "", **expect: Any):
+def row(
+    cite: str, what: str, policy: str, request: Request, actions: str = "", **expect: Any
+) -> Decide:
     kinds = frozenset(a for a in actions.split(",") if a)
     return Decide(cite, what, policy, request, kinds, tuple(expect.items()))
 

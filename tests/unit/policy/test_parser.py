@@ -316,7 +316,7 @@ def test_huge_line_is_a_clear_error_naming_the_line() -> None:
     text = "measure\ndont_measure fsname=" + "a" * (100 * 1024) + "\nappraise\n"
     for mode in ("kernel", "imaguard"):
         with pytest.raises(PolicyError) as exc:
-            parse_policy(text, mode=mode, source="big.policy")  # type: ignore[arg-type]
+            parse_policy(text, mode=mode, source="big.policy")
         ((source, line, _col, reason),) = exc.value.problems
         assert (source, line) == ("big.policy", 2)
         assert "bytes" in reason
@@ -379,7 +379,9 @@ def test_hundred_thousand_rules_parse_and_evaluate() -> None:
     d = compiled.evaluate(r)
     assert d == evaluate_naive(policy.rules, r)
     assert acts(d) == {"appraise"}
-    assert d.rule_for("appraise").line == late + 1
+    rule = d.rule_for("appraise")
+    assert rule is not None
+    assert rule.line == late + 1
     r = req("FILE_CHECK", "MAY_READ", fowner=99_993, fsmagic=0x4)
     assert acts(compiled.evaluate(r)) == set()  # dont_measure fsmagic=0x4 comes first
     r = req("FILE_CHECK", "MAY_READ", fowner=99_993, fsmagic=0x1)
