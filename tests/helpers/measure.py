@@ -176,6 +176,56 @@ def pcr_files_from_json(
     return args
 
 
+# -- an independent replay -------------------------------------------------------------
+
+IMA_EVENT_NAME_LEN_MAX = 255
+"""The kernel pads the ``n`` field of the old ``ima`` template to 256 bytes when hashing."""
+
+
+def replay_binary(
+    data: bytes, banks: tuple[str, ...] = ("sha1", "sha256")
+) -> dict[str, dict[int, bytes]]:
+    """The PCRs a binary measurement list (little-endian, as on x86) replays to, computed
+    here from the kernel's rules and hashlib alone, not with imaguard's own code:
+
+    - record: pcr u32, sha1 template digest [20], name len u32, name, then (except for the
+      ``ima`` template) template data len u32 and the data (ima_measurements_show,
+      security/integrity/ima/ima_fs.c);
+    - the bank's template digest hashes each field as u32 length + bytes, which is the
+      template data itself; for ``ima`` it hashes ``d`` then ``n`` zero-padded to 256 bytes
+      (ima_calc_field_array_hash_tfm, ima_crypto.c);
+    - PCR_new = H(PCR_old || template digest), from zeros; a violation (sha1 digest all
+      zero) extends all 0xff bytes instead (ima_add_template_entry, ima_queue.c).
+    """
+    pcrs: dict[str, dict[int, bytes]] = {b: {} for b in banks}
+    off = 0
+    while off < len(data):
+        pcr, sha1_digest, name_len = struct.unpack_from("<I20sI", data, off)
+        off += 28
+        name = data[off : off + name_len]
+        off += name_len
+        if name == b"ima":
+            d = data[off : off + 20]
+            (n_len,) = struct.unpack_from("<I", data, off + 20)
+            n = data[off + 24 : off + 24 + n_len]
+            off += 24 + n_len
+            hashed = d + n.ljust(IMA_EVENT_NAME_LEN_MAX + 1, b"\0")
+        else:
+            (data_len,) = struct.unpack_from("<I", data, off)
+            hashed = data[off + 4 : off + 4 + data_len]
+            off += 4 + data_len
+        violation = sha1_digest == bytes(20)
+        if not violation:
+            assert hashlib.sha1(hashed).digest() == sha1_digest  # noqa: S324
+        for bank in banks:
+            size = hashlib.new(bank).digest_size
+            extend = b"\xff" * size if violation else hashlib.new(bank, hashed).digest()
+            old = pcrs[bank].get(pcr, bytes(size))
+            pcrs[bank][pcr] = hashlib.new(bank, old + extend).digest()
+    assert off == len(data), "a truncated record"
+    return pcrs
+
+
 # -- evmctl -----------------------------------------------------------------------------
 
 EVMCTL_MATCHED = "Matched per TPM bank calculated digest(s)."
