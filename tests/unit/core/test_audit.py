@@ -14,11 +14,8 @@ from typing import Any
 import pytest
 
 import imaguard
-from helpers import needs_root
 from imaguard.core import AuditSink, Guard, MemoryAudit
 from imaguard.policy import PolicySet, parse_policy
-
-pytestmark = needs_root
 
 EXEC_SIG = "appraise func=BPRM_CHECK appraise_type=imasig\n"
 # Keys the issue lists for every record: file, hook, subject, policy, rule, action, result,
