@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import needs_root_because
 from helpers.measure import (
     EVMCTL_MATCHED,
     Swtpm,
@@ -108,7 +109,9 @@ def test_evmctl_accepts_every_template(tmp_path: Path, tree: list[Path], templat
 
 
 @pytest.mark.parametrize("key_type", ["rsa2048", "ecdsa-p256"])
-@pytest.mark.parametrize("store", ["xattr", "sigfile"])
+@pytest.mark.parametrize(
+    "store", [pytest.param("xattr", marks=needs_root_because("security.ima needs root")), "sigfile"]
+)
 def test_evmctl_accepts_ima_sig_with_signatures(
     tmp_path: Path, tree: list[Path], keys_dir: dict[str, Path], key_type: str, store: str
 ) -> None:
