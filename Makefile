@@ -48,15 +48,20 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check src tests bench
 
 typecheck: $(STAMP)
-	$(VENV)/bin/mypy src
+	$(VENV)/bin/mypy src tests
+
+# Coverage counts the `imaguard` child processes too ([tool.coverage.run] patch = subprocess
+# in pyproject.toml); the gate sits just below the branch coverage measured (95 %, 2026-12).
+COV_FAIL_UNDER ?= 94
 
 unit: $(STAMP)
-	$(VENV)/bin/pytest --cov=imaguard --cov-branch --cov-report=term-missing:skip-covered
+	$(VENV)/bin/pytest --cov=imaguard --cov-branch --cov-report=term-missing:skip-covered \
+		--cov-fail-under=$(COV_FAIL_UNDER)
 
 test: deps $(STAMP) $(TPM_STAMP) $(KEYLIME_STAMP)
 	$(MAKE) --no-print-directory lint
 	$(MAKE) --no-print-directory typecheck
-	$(MAKE) --no-print-directory unit
+	IMAGUARD_REQUIRE_ORACLES=1 $(MAKE) --no-print-directory unit
 
 bench: deps $(STAMP) $(TPM_STAMP) $(KEYLIME_STAMP)
 	mkdir -p bench/out
@@ -68,4 +73,4 @@ bench: deps $(STAMP) $(TPM_STAMP) $(KEYLIME_STAMP)
 	$(PY) bench/bench_daemon.py --json bench/out/daemon.json
 
 clean:
-	rm -rf $(VENV) $(KEYLIME_VENV) .pytest_cache .mypy_cache .ruff_cache .coverage build dist src/*.egg-info demo-tree
+	rm -rf $(VENV) $(KEYLIME_VENV) .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.* build dist src/*.egg-info demo-tree

@@ -12,20 +12,19 @@ from typing import Any
 import pytest
 
 import imaguard
-from helpers import needs_root
+from helpers import needs_root_because
 from helpers.clirun import run_in_process as run_main
 from helpers.core import (
     CONTENT,
     EVIL,
     EVM,
+    IMA,
     decisions,
     edit_in_place_keep_mtime,
     run_sub,
     write_policy,
     xattr,
 )
-
-pytestmark = needs_root
 
 Capsys = pytest.CaptureFixture[str]
 ACTIONS = ("measure", "appraise", "audit", "hash")
@@ -147,6 +146,7 @@ def test_check_with_several_policies_and_keyrings(
         assert d["actions"]["measure"]["outcome"] == "passed"
 
 
+@needs_root_because("appraise_tcb appraises files owned by root (fowner=0)")
 def test_check_builtin(
     capsys: Capsys, tmp_path: Path, make_file: Callable[..., Path], rsa_dir: Path
 ) -> None:
@@ -335,7 +335,7 @@ def test_check_errors_exit_2_without_traceback(
     good = write_policy(tmp_path, "good", EXEC_SIG)
     empty = tmp_path / "empty"
     empty.mkdir()
-    args: dict[str, tuple[str | os.PathLike[str], ...]] = {
+    args: tuple[str | os.PathLike[str], ...] = {
         "bad-policy": ("--policy", write_policy(tmp_path, "bad", "appraise bogus=1\n"),
                        "--keyring", rsa_dir),
         "missing-policy": ("--policy", tmp_path / "nope.policy", "--keyring", rsa_dir),
@@ -362,6 +362,7 @@ def test_check_errors_exit_2_as_a_subprocess(tmp_path: Path, signed: Path) -> No
 # -- imaguard show (info is its old, hidden spelling) ----------------------------------------
 
 
+@needs_root_because("the message names the default store as root (xattr)")
 def test_info_signed_not_signed_malformed(
     capsys: Capsys,
     signed: Path,
@@ -383,7 +384,7 @@ def test_info_signed_not_signed_malformed(
     assert out.startswith(f"{hashed}: not signed: a sha256")
 
     broken = make_file("broken")
-    os.setxattr(broken, "security.ima", b"\x03\x02\x04")
+    os.setxattr(broken, IMA, b"\x03\x02\x04")
     code, out, _ = run_main(capsys, "info", broken)
     assert code == 0
     assert out.startswith(f"{broken}: malformed value")
@@ -433,6 +434,7 @@ def test_info_is_show_with_several_paths(
 # -- imaguard evm sign|verify -------------------------------------------------------------------
 
 
+@needs_root_because("security.evm (EVM) needs root")
 def test_evm_sign_and_verify_exit_codes(
     capsys: Capsys, signed: Path, make_file: Callable[..., Path], rsa_dir: Path, ec_dir: Path
 ) -> None:
@@ -465,6 +467,7 @@ def test_evm_sign_and_verify_exit_codes(
     assert code == 2
 
 
+@needs_root_because("security.evm (EVM) needs root")
 def test_evm_hmac_sign_and_verify_exit_codes(capsys: Capsys, tmp_path: Path, signed: Path) -> None:
     keyfile = tmp_path / "evm-key"
     keyfile.write_bytes(os.urandom(32))

@@ -691,7 +691,7 @@ def test_recursive_unlistable_directory_is_an_error(
     assert (
         run(capsys, "sign", "-k", rsa / "private.pem", "--xattr-user", "-r", tree["root"])[0] == 0
     )
-    monkeypatch.setattr(batch.os, "scandir", scandir)
+    monkeypatch.setattr(os, "scandir", scandir)  # what _batch calls
     code, _out, err = run(
         capsys, "verify", "--cert", rsa / "cert.der", "--xattr-user", "-r", tree["root"]
     )
@@ -738,7 +738,10 @@ def test_xattr_user_writes_user_ima(
 def test_hash_recursive(capsys: pytest.CaptureFixture[str], tree: dict[str, Path]) -> None:
     code, out, err = run(capsys, "hash", "--xattr-user", "-r", tree["root"])
     assert code == 0, err
-    printed = dict(reversed(line.split("  ", 1)) for line in out.splitlines())
+    printed: dict[str, str] = {}
+    for line in out.splitlines():
+        hexvalue, path = line.split("  ", 1)
+        printed[path] = hexvalue
     assert set(printed) == {str(tree[n]) for n in ("a", "b", "c")}
     for path, hexvalue in printed.items():
         raw = _value(Path(path))

@@ -122,8 +122,8 @@ def test_measure_with_every_template(
     assert [r.entry for r in parse_ascii(ascii_out.read_bytes())] == [r.entry for r in recs]
     assert [r.entry.template.name for r in recs] == [template] * 4
     assert [r.entry.name for r in recs] == [b"boot_aggregate"] + [logged(p).encode() for p in tree]
-    for r in recs:
-        assert r.digest == r.entry.template_digest("sha1")
+    for rec in recs:
+        assert rec.digest == rec.entry.template_digest("sha1")
     if template == "ima":
         assert recs[0].entry.fields[0] == b"\0" * 20
         assert recs[1].entry.fields[0] == hashlib.sha1(tree[0].read_bytes()).digest()  # noqa: S324
@@ -519,12 +519,13 @@ def test_unreadable_and_malformed_logs(state: Path, tree: list[Path], tmp_path: 
     data = bytearray((state / LOG).read_bytes())
     data[0] = 99  # PCR 99
     (state / LOG).write_bytes(bytes(data))
-    for args in (
+    readers: list[list[str | Path]] = [
         ["log", "show", "--state", state],
         ["log", "pcrs", "--state", state],
         ["log", "export", "--state", state, "--binary", tmp_path / "out.bin"],
         ["measure", "--state", state, tree[0]],
-    ):
+    ]
+    for args in readers:
         assert_error(imaguard(*args))
     r = imaguard("log", "verify", "--state", state, "--json")
     assert r.returncode in (1, 2), r.explain()

@@ -1,7 +1,8 @@
 """Helpers for the integrity-core tests: policies on disk, files, the imaguard command.
 
-Everything here runs as root on a filesystem with xattrs (``security.ima`` is what the
-Guard reads by default as root). Every child process has a timeout.
+Signatures go to the default store: ``security.ima`` as root, ``user.ima`` otherwise (both
+need a filesystem with xattrs; user.* works on tmpfs since Linux 6.6). Every child process
+has a timeout.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 import pytest
 
 import imaguard
+from helpers import IS_ROOT
 
 IMAGUARD = Path(sys.executable).with_name("imaguard")
 TIMEOUT = 60
@@ -27,7 +29,9 @@ CONTENT = b"#!/bin/sh\necho integrity-core\n"
 EVIL = b"#!/bin/sh\necho owned-by-evil!\n"
 assert len(CONTENT) == len(EVIL)
 
-IMA = "security.ima"
+IMA = "security.ima" if IS_ROOT else "user.ima"
+"""Where the default signature store keeps values: security.ima as root, user.ima otherwise
+(imaguard's own default), so a test that only needs *a* store runs unprivileged too."""
 EVM = "security.evm"
 
 

@@ -1,10 +1,12 @@
 """Fixtures for the measurement-log tests: the imaguard command, one swtpm, evmctl, Keylime.
 
-Nothing is mocked. The outside tools are independent oracles (spec evmctl.md §1, §7;
-keylime.md §10); a missing tool fails the test that needs it with the command that
-installs it, it never skips.
+Nothing is mocked. The outside tools are independent oracles (evmctl ima_measurement,
+Keylime's own measurement-list code). When swtpm or Keylime's venv (.venv-keylime) is
+missing, the tests that need it skip with the reason and the command that installs it;
+``make test`` installs both and sets IMAGUARD_REQUIRE_ORACLES=1, so there a missing one
+fails instead.
 
-swtpm (spec evmctl.md §5): ONE software TPM per test session, on two consecutive free
+swtpm: ONE software TPM per test session, on two consecutive free
 loopback ports P (commands) and P+1 (control; tpm2-tss's swtpm TCTI insists on P+1),
 bound to 127.0.0.1 only, started with ``--daemon --pid file=...`` and killed by that PID
 at the end of the session. The function-scoped ``tpm`` fixture resets it (CMD_INIT on the
@@ -30,8 +32,11 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from helpers import oracle_missing
 
 TIMEOUT = 60
 """Seconds any one outside command may take."""
@@ -110,7 +115,10 @@ def imaguard_ok(*args: str | bytes | os.PathLike[str], **kw: object) -> Run:
 
 def log_pcrs(state: Path) -> dict[str, dict[str, str]]:
     """``imaguard log pcrs --state DIR --json``."""
-    return json.loads(imaguard_ok("log", "pcrs", "--state", state, "--json").stdout)
+    doc: dict[str, dict[str, str]] = json.loads(
+        imaguard_ok("log", "pcrs", "--state", state, "--json").stdout
+    )
+    return doc
 
 
 def verify_json(*args: str | os.PathLike[str]) -> tuple[int, dict[str, object]]:
@@ -122,10 +130,15 @@ def verify_json(*args: str | os.PathLike[str]) -> tuple[int, dict[str, object]]:
     return r.returncode, doc
 
 
-def finding_codes(doc: Mapping[str, object]) -> set[str]:
+def findings_of(doc: Mapping[str, object]) -> list[dict[str, Any]]:
+    """The ``findings`` list of a ``log verify --json`` document."""
     findings = doc["findings"]
     assert isinstance(findings, list)
-    return {f["code"] for f in findings}
+    return findings
+
+
+def finding_codes(doc: Mapping[str, object]) -> set[str]:
+    return {f["code"] for f in findings_of(doc)}
 
 
 def content_for(label: str, size: int) -> bytes:
@@ -163,6 +176,56 @@ def pcr_files_from_json(
     return args
 
 
+# -- an independent replay -------------------------------------------------------------
+
+IMA_EVENT_NAME_LEN_MAX = 255
+"""The kernel pads the ``n`` field of the old ``ima`` template to 256 bytes when hashing."""
+
+
+def replay_binary(
+    data: bytes, banks: tuple[str, ...] = ("sha1", "sha256")
+) -> dict[str, dict[int, bytes]]:
+    """The PCRs a binary measurement list (little-endian, as on x86) replays to, computed
+    here from the kernel's rules and hashlib alone, not with imaguard's own code:
+
+    - record: pcr u32, sha1 template digest [20], name len u32, name, then (except for the
+      ``ima`` template) template data len u32 and the data (ima_measurements_show,
+      security/integrity/ima/ima_fs.c);
+    - the bank's template digest hashes each field as u32 length + bytes, which is the
+      template data itself; for ``ima`` it hashes ``d`` then ``n`` zero-padded to 256 bytes
+      (ima_calc_field_array_hash_tfm, ima_crypto.c);
+    - PCR_new = H(PCR_old || template digest), from zeros; a violation (sha1 digest all
+      zero) extends all 0xff bytes instead (ima_add_template_entry, ima_queue.c).
+    """
+    pcrs: dict[str, dict[int, bytes]] = {b: {} for b in banks}
+    off = 0
+    while off < len(data):
+        pcr, sha1_digest, name_len = struct.unpack_from("<I20sI", data, off)
+        off += 28
+        name = data[off : off + name_len]
+        off += name_len
+        if name == b"ima":
+            d = data[off : off + 20]
+            (n_len,) = struct.unpack_from("<I", data, off + 20)
+            n = data[off + 24 : off + 24 + n_len]
+            off += 24 + n_len
+            hashed = d + n.ljust(IMA_EVENT_NAME_LEN_MAX + 1, b"\0")
+        else:
+            (data_len,) = struct.unpack_from("<I", data, off)
+            hashed = data[off + 4 : off + 4 + data_len]
+            off += 4 + data_len
+        violation = sha1_digest == bytes(20)
+        if not violation:
+            assert hashlib.sha1(hashed).digest() == sha1_digest  # noqa: S324
+        for bank in banks:
+            size = hashlib.new(bank).digest_size
+            extend = b"\xff" * size if violation else hashlib.new(bank, hashed).digest()
+            old = pcrs[bank].get(pcr, bytes(size))
+            pcrs[bank][pcr] = hashlib.new(bank, old + extend).digest()
+    assert off == len(data), "a truncated record"
+    return pcrs
+
+
 # -- evmctl -----------------------------------------------------------------------------
 
 EVMCTL_MATCHED = "Matched per TPM bank calculated digest(s)."
@@ -195,7 +258,7 @@ def _free_port_pair() -> int:
     for _ in range(50):
         with socket.socket() as a:
             a.bind(("127.0.0.1", 0))
-            port = a.getsockname()[1]
+            port: int = a.getsockname()[1]
             if port >= 65535:
                 continue
             with socket.socket() as b:
@@ -273,7 +336,7 @@ class Swtpm:
 
     def start(self) -> None:
         if shutil.which("swtpm") is None:
-            pytest.fail("swtpm is missing: `make deps` (apt-get install swtpm swtpm-tools)")
+            oracle_missing("swtpm is not installed: `make deps` (apt-get install swtpm)")
         self.state_dir.mkdir(parents=True, exist_ok=True)
         pid_file = self.state_dir / "swtpm.pid"
         last = ""
@@ -441,16 +504,16 @@ class Keylime:
         assert r.returncode in (0, 1), r.explain()  # 1: Keylime reported failure events
         lines = [line for line in r.out.splitlines() if line.startswith("{")]
         assert lines, r.explain()
-        return json.loads(lines[-1])["banks"]
+        banks: dict[str, dict[str, object]] = json.loads(lines[-1])["banks"]
+        return banks
 
 
 @pytest.fixture(scope="session")
 def keylime() -> Keylime:
     if not KEYLIME_PYTHON.exists():
-        pytest.fail(
+        oracle_missing(
             f"Keylime's venv is missing ({KEYLIME_PYTHON}): run `make keylime` "
-            "(or point IMAGUARD_KEYLIME_PYTHON at a python with keylime==7.14.3)",
-            pytrace=False,
+            "(or point IMAGUARD_KEYLIME_PYTHON at a python with keylime==7.14.3)"
         )
     probe = (
         "import sys, types; sys.modules['gpg'] = types.ModuleType('gpg'); import keylime.ima.ima"

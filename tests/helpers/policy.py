@@ -428,15 +428,15 @@ def _fields_for(draw: Callable[..., Any], rule: Rule, domain: Domain) -> dict[st
         cond = getattr(rule, slot)
         if cond is None:
             continue
-        value = _satisfy(draw, cond, domain)
+        satisfying = _satisfy(draw, cond, domain)
         if cond.effective:
             where = draw(st.sampled_from(("e", "s", "")))
-            fields[where + slot] = value
+            fields[where + slot] = satisfying
             if where != "e":
                 fields["e" + slot] = draw(domain.ids)
                 fields["cap_setuid" if slot == "uid" else "cap_setgid"] = draw(st.booleans())
         else:
-            fields[slot] = value
+            fields[slot] = satisfying
     for slot in ("fowner", "fgroup"):
         cond = getattr(rule, slot)
         if cond is not None:
@@ -455,7 +455,8 @@ def request_near(draw: Callable[..., Any], rules: list[Rule], domain: Domain = N
     then), so that random policies and requests meet often enough for first-match order,
     flag folding and kind interplay to matter."""
     if not rules or draw(st.integers(0, 4)) == 0:
-        return draw(requests(domain))
+        plain: Request = draw(requests(domain))
+        return plain
     chosen = draw(st.lists(st.sampled_from(rules), min_size=1, max_size=3))
     funcs = [r.func for r in chosen if r.func is not None]
     if funcs:
@@ -466,8 +467,8 @@ def request_near(draw: Callable[..., Any], rules: list[Rule], domain: Domain = N
         func = "POST_SETATTR"
     mask = draw(st.integers(0, 15))
     masked = [r for r in chosen if r.mask is not None]
-    if masked:
-        mask = (mask | masked[0].mask) if masked[0].inmask else masked[0].mask  # type: ignore[operator]
+    if masked and masked[0].mask is not None:
+        mask = (mask | masked[0].mask) if masked[0].inmask else masked[0].mask
     fields: dict[str, Any] = {}
     for rule in chosen:
         for key, value in _fields_for(draw, rule, domain).items():

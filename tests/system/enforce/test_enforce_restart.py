@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+import imaguard
 from imaguard.enforce import FanotifyGroup
 
 from .conftest import (
@@ -28,7 +29,7 @@ pytestmark = pytest.mark.root
 
 def test_killed_worker_leaves_event_waiting_and_successor_denies_it(
     tmpfs: Path,
-    signer,  # type: ignore[no-untyped-def]
+    signer: tuple[imaguard.PrivateKey, Path],
     tmp_path: Path,
 ) -> None:
     key, cert = signer

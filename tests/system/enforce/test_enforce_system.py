@@ -375,6 +375,7 @@ def test_no_ignore_mark_while_a_writer_holds_the_file(env) -> None:  # type: ign
             assert after["ignore_marks"] == before["ignore_marks"]
             rows = [x for x in d.decisions() if x["path"] == str(lib)]
             assert rows[-1]["hook"] == "MMAP_CHECK"
+            assert hold.stdin is not None
             hold.stdin.close()  # the writer goes away: now the read may be cached
             assert hold.wait(10) == 0
             assert run(["dd", f"if={lib}", "of=/dev/null", "status=none"]).returncode == 0

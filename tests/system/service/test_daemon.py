@@ -98,7 +98,7 @@ def test_permissive_allows_but_counts(daemon_env: Daemon) -> None:
     doc = d.status()
     assert doc["mode"] == "permissive"
     assert run(d.mnt / "evil") == 0
-    assert any(r.get("file", "").endswith("/evil") for r in _wait_audit(d))
+    assert any(str(r.get("file", "")).endswith("/evil") for r in _wait_audit(d))
 
 
 def _wait_audit(d: Daemon) -> list[dict[str, object]]:

@@ -24,6 +24,7 @@ from helpers import needs_root, needs_root_because
 from imaguard import Cause, Status
 from imaguard.appraise import _calls as calls
 from imaguard.appraise import _files as files
+from imaguard.appraise import store_for
 from imaguard.formats import SignatureValue, XattrType, by_name
 
 CONTENT = b"#!/bin/sh\necho imaguard\n" * 40
@@ -158,7 +159,7 @@ def test_no_value(
 ) -> None:
     v = imaguard.appraise(target, rsa_ring, store=user_store, require=require)
     assert v.status is Status.NO_XATTR
-    assert v.status == "no-xattr"
+    assert v.status == "no-xattr"  # type: ignore[comparison-overlap]  # a StrEnum
     assert v.cause == cause
     assert not v.passed
 
@@ -229,7 +230,7 @@ def test_unknown_key(
     imaguard.sign_file(target, rsa_key, store=user_store)
     v = imaguard.appraise(target, ec_ring, store=user_store)
     assert v.status is Status.UNKNOWN_KEY
-    assert v.status == "unknown-key"
+    assert v.status == "unknown-key"  # type: ignore[comparison-overlap]  # a StrEnum
     assert v.cause == "invalid-signature"
     assert v.key_id == rsa_key.key_id
     assert f"{rsa_key.key_id:08x}" in v.detail
@@ -885,7 +886,7 @@ def grow_during_read(monkeypatch: pytest.MonkeyPatch) -> Callable[[Path, bytes],
                     f.write(extra)
             return n
 
-        monkeypatch.setattr(files.os, "preadv", preadv)
+        monkeypatch.setattr(os, "preadv", preadv)
 
     return arm
 
@@ -927,7 +928,7 @@ def test_file_changed_same_size_is_detected(
 
     old = 1_000_000_000
     os.utime(target, (old, old))
-    monkeypatch.setattr(files.os, "preadv", preadv)
+    monkeypatch.setattr(os, "preadv", preadv)
     with pytest.raises(imaguard.FileChangedError):
         imaguard.store_digest(target, "sha256", store=user_store)
     assert _stored(target, user_store) is None
@@ -960,7 +961,7 @@ def test_failed_resign_keeps_the_first_signature(
     store_name: str,
 ) -> None:
     first = imaguard.sign_file(target, rsa_key, "sha256", store=store_name).serialize()
-    store = calls.store_for(store_name)
+    store = store_for(store_name)
     grow_during_read(target, b"appended")
     with pytest.raises(imaguard.FileChangedError):
         imaguard.sign_file(target, ec_key, "sha512", store=store_name)
@@ -981,14 +982,13 @@ def test_failed_sidecar_write_keeps_the_first_signature(
 ) -> None:
     store = imaguard.SidecarStore()
     first = imaguard.sign_file(target, rsa_key, store=store).serialize()
+
     # Make the final rename fail: the write must fail without touching FILE.sig and
     # without leaving its temporary file behind.
-    from imaguard.appraise import _sigstore as store_module
-
     def refuse(src: str, dst: str) -> None:
         raise OSError(errno.EIO, "Input/output error")
 
-    monkeypatch.setattr(store_module.os, "replace", refuse)
+    monkeypatch.setattr(os, "replace", refuse)
     with pytest.raises(imaguard.StoreError) as exc:
         imaguard.sign_file(target, ec_key, "sha512", store=store)
     monkeypatch.undo()

@@ -13,10 +13,7 @@ from pathlib import Path
 import pytest
 
 import imaguard
-from helpers import needs_root
 from helpers.core import CONTENT, EVIL, TIMEOUT, edit_in_place_keep_mtime
-
-pytestmark = needs_root
 
 SEALS = fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import syslog
 import threading
 import time
 from collections.abc import Callable
@@ -13,12 +14,8 @@ from typing import Any
 import pytest
 
 import imaguard
-from helpers import needs_root
 from imaguard.core import AuditSink, Guard, MemoryAudit
-from imaguard.core import _audit as audit_mod
 from imaguard.policy import PolicySet, parse_policy
-
-pytestmark = needs_root
 
 EXEC_SIG = "appraise func=BPRM_CHECK appraise_type=imasig\n"
 # Keys the issue lists for every record: file, hook, subject, policy, rule, action, result,
@@ -128,7 +125,7 @@ def test_records_are_written_after_the_decision_by_a_background_thread(
             gate.wait(timeout=30)
         return real_write(fd, data)
 
-    monkeypatch.setattr(audit_mod.os, "write", gated_write)
+    monkeypatch.setattr(os, "write", gated_write)
     guard = Guard(pset(EXEC_SIG), rsa_ring, audit=sink)
     try:
         t0 = time.perf_counter()
@@ -165,8 +162,8 @@ def test_syslog_gets_the_same_json(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     sent: list[tuple[int, str]] = []
-    monkeypatch.setattr(audit_mod.syslog, "openlog", lambda *a, **k: None)
-    monkeypatch.setattr(audit_mod.syslog, "syslog", lambda prio, msg: sent.append((prio, msg)))
+    monkeypatch.setattr(syslog, "openlog", lambda *a, **k: None)
+    monkeypatch.setattr(syslog, "syslog", lambda prio, msg: sent.append((prio, msg)))
     sink = AuditSink(None, use_syslog=True)
     sink.emit({"file": "/x", "action": "appraise", "cause": "invalid-hash"})
     sink.close()

@@ -11,14 +11,12 @@ from pathlib import Path
 import pytest
 
 import imaguard
-from helpers import needs_root
-from helpers.core import EVIL, edit_in_place_keep_mtime, write_policy
+from helpers.core import EVIL, IMA, edit_in_place_keep_mtime, write_policy
 from imaguard.appraise import _calls as calls_mod
+from imaguard.appraise import _files as files_mod
 from imaguard.core import Guard
 from imaguard.core import _guard as guard_mod
 from imaguard.policy import PolicySet, parse_policy
-
-pytestmark = needs_root
 
 EXEC_SIG = "appraise func=BPRM_CHECK appraise_type=imasig\n"
 V2_EXTRA = "measure func=KEXEC_KERNEL_CHECK\n"  # a real change (comments do not count)
@@ -28,7 +26,7 @@ V2_EXTRA = "measure func=KEXEC_KERNEL_CHECK\n"  # a real change (comments do not
 def count_hashes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Every content hash the Guard and the direct calls compute, by file name."""
     seen: list[str] = []
-    real_guard, real_calls = guard_mod.hash_fd, calls_mod.hash_fd
+    real_guard = real_calls = files_mod.hash_fd  # both modules import it from _files
 
     def counting(real: Callable[..., object]) -> Callable[..., object]:
         def wrapper(ref: object, algo: object) -> object:
@@ -139,7 +137,7 @@ def test_xattr_change_invalidates(
         assert d.verdict is not None
         assert (first.verdict.key_id, d.verdict.key_id) == (rsa_key.key_id, ec_key.key_id)
         # A value that no longer verifies: a signature over other content.
-        os.setxattr(signed, "security.ima", imaguard.sign_bytes(b"other", rsa_key).serialize())
+        os.setxattr(signed, IMA, imaguard.sign_bytes(b"other", rsa_key).serialize())
         bad = guard.process(signed, hook="BPRM_CHECK")
     assert bad.cached is False
     assert bad.allowed is False

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import imaguard
-from helpers import needs_root
+from helpers import needs_root_because
 from helpers.core import (
     CONTENT,
     EVIL,
@@ -33,8 +33,6 @@ from imaguard.appraise._evm import sign_file_evm
 from imaguard.core import Decision, Guard, MemoryAudit
 from imaguard.core._guard import EvmConfig
 from imaguard.policy import PolicySet, parse_policy
-
-pytestmark = needs_root
 
 ACTIONS = ("measure", "appraise", "audit", "hash")
 EXEC_SIG = "appraise func=BPRM_CHECK appraise_type=imasig\n"
@@ -638,6 +636,7 @@ def test_evm_required_missing_security_evm_is_missing_hmac(
         assert guard.process(signed, hook="BPRM_CHECK").allowed is True
 
 
+@needs_root_because("security.evm (EVM) needs root")
 def test_evm_required_portable_signature_passes_until_chmod(
     signed: Path, rsa_key: imaguard.PrivateKey, rsa_ring: imaguard.Keyring
 ) -> None:
@@ -654,6 +653,7 @@ def test_evm_required_portable_signature_passes_until_chmod(
     assert d.actions["appraise"].cause == "invalid-fail-immutable"
 
 
+@needs_root_because("security.evm (EVM) needs root")
 def test_evm_required_hmac_passes_until_metadata_changes(
     signed: Path, rsa_ring: imaguard.Keyring
 ) -> None:
@@ -669,6 +669,7 @@ def test_evm_required_hmac_passes_until_metadata_changes(
     assert d.actions["appraise"].cause == "invalid-HMAC"
 
 
+@needs_root_because("security.evm (EVM) needs root")
 def test_portable_evm_signature_over_a_plain_hash_satisfies_imasig(
     make_file: Callable[..., Path], rsa_key: imaguard.PrivateKey, rsa_ring: imaguard.Keyring
 ) -> None:

@@ -23,10 +23,10 @@ from pathlib import Path
 import pytest
 
 import imaguard
-from helpers import needs_root
 from helpers.core import (
     CONTENT,
     EVIL,
+    IMA,
     TIMEOUT,
     decisions,
     edit_in_place_keep_mtime,
@@ -37,8 +37,6 @@ from helpers.core import (
 from imaguard.appraise import _calls as calls_mod
 from imaguard.appraise import _files as files_mod
 from imaguard.core import Guard
-
-pytestmark = needs_root
 
 ACTIONS = ("measure", "appraise", "audit", "hash")
 
@@ -344,7 +342,7 @@ def test_proof_d_load_verified_under_attack_never_returns_unverified_bytes(
     target, good_src, evil_src = work / "plugin", work / "good", work / "evil"
     for p, content in ((target, good), (good_src, good), (evil_src, evil)):
         p.write_bytes(content)
-        os.setxattr(p, "security.ima", sig)
+        os.setxattr(p, IMA, sig)
     assert imaguard.appraise(target, rsa_ring).passed
     assert not imaguard.appraise(evil_src, rsa_ring).passed
 
@@ -397,7 +395,7 @@ def test_proof_e_signature_info_on_1gib_file_reads_no_content(
     os.truncate(big, GIB)  # sparse: 1 GiB of zeros, no blocks
     # Any valid signature value will do: signature_info decodes, it does not verify.
     value = imaguard.sign_bytes(b"not the content", rsa_key).serialize()
-    os.setxattr(big, "security.ima", value)
+    os.setxattr(big, IMA, value)
 
     def forbidden(*args: object, **kwargs: object) -> None:
         raise AssertionError("signature_info read file content")

@@ -301,7 +301,7 @@ def test_blacklist_returns_new_keyring(ec_ring: Keyring) -> None:
     listed = ec_ring.blacklist(bad)
     assert listed is not ec_ring
     assert listed.is_blacklisted(bad)
-    assert listed.is_blacklisted(bytearray(bad))
+    assert listed.is_blacklisted(bytearray(bad))  # type: ignore[arg-type]  # any bytes-like
     assert not listed.is_blacklisted(hashlib.sha256(b"fine").digest())
     assert not ec_ring.is_blacklisted(bad)
     assert ec_ring.blacklisted_digests == frozenset()
@@ -313,7 +313,7 @@ def test_blacklist_returns_new_keyring(ec_ring: Keyring) -> None:
 
 def test_blacklist_and_revoke_compose(ec_ring: Keyring) -> None:
     d1, d2 = b"\x01" * 32, b"\x02" * 32
-    ring = ec_ring.blacklist(d1).revoke(7).blacklist(bytearray(d2))
+    ring = ec_ring.blacklist(d1).revoke(7).blacklist(bytearray(d2))  # type: ignore[arg-type]
     assert ring.blacklisted_digests == {d1, d2}
     assert ring.revoked_key_ids == {7}
     assert ring.is_blacklisted(d2)

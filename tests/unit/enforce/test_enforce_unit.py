@@ -425,7 +425,7 @@ def test_allowed_exec_gets_an_ignore_mark_and_swap_flushes(
     prog.write_bytes(b"#!/bin/true\n" + os.urandom(64))
     imaguard.sign_file(prog, ec_key, store="user-xattr")
     g = MarkingGroup()
-    enf = Enforcer(g, _guard("appraise func=BPRM_CHECK appraise_type=imasig\n", ec_ring))
+    enf = Enforcer(g, _guard("appraise func=BPRM_CHECK appraise_type=imasig\n", ec_ring))  # type: ignore[arg-type]
     with Running(enf):
         fd = _exec_event(g, prog, other_pid)
         assert g.wait_for(1) == [(fd, True)]
@@ -455,7 +455,7 @@ def test_unsigned_exec_is_denied_without_a_mark(
     g = MarkingGroup()
     seen: list[EventDecision] = []
     enf = Enforcer(
-        g,
+        g,  # type: ignore[arg-type]
         _guard("appraise func=BPRM_CHECK appraise_type=imasig\n", ec_ring),
         on_decision=seen.append,
     )

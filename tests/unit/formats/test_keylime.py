@@ -97,7 +97,7 @@ _hex = st.integers(20, 64).flatmap(
     lambda n: st.binary(min_size=n, max_size=n).map(lambda b: b.hex())
 )
 _paths = st.text(
-    st.characters(blacklist_categories=("Cs",), blacklist_characters="\0"), min_size=1, max_size=40
+    st.characters(exclude_categories=["Cs"], exclude_characters="\0"), min_size=1, max_size=40
 )
 _regex = st.sampled_from(["/var/log/", r".*\.pyc", "boot_aggregate", r"/tmp/[a-z]+/", "^/proc"])
 

@@ -19,12 +19,12 @@ import pytest
 
 import imaguard
 from helpers.measure import imaguard as run_imaguard
+from helpers.measure import replay_binary
 from imaguard.errors import BackendError, LogIntegrityError
 from imaguard.formats.measurelist import iter_binary, parse_binary, serialize_binary
 from imaguard.formats.template import TemplateDescriptor
 from imaguard.measure import (
     LogStore,
-    SoftwarePcrs,
     buffer_entry,
     file_entry,
     records_from_binary,
@@ -63,12 +63,8 @@ def store(state: Path) -> Iterator[LogStore]:
 
 
 def replay(data: bytes, banks: tuple[str, ...] = ("sha1", "sha256")) -> dict[str, dict[int, bytes]]:
-    """The PCRs a binary log replays to, computed here from the spec (§4.6)."""
-    pcrs = SoftwarePcrs(banks)
-    for rec in parse_binary(data):
-        pcrs.extend_entry(rec.entry)
-    used = sorted({r.entry.pcr for r in parse_binary(data)})
-    return {b: {i: pcrs.values[b][i] for i in used} for b in banks}
+    """The PCRs a binary log replays to, computed with hashlib alone (not SoftwarePcrs)."""
+    return replay_binary(data, banks)
 
 
 def cli_verify_state(state: Path) -> None:
@@ -79,8 +75,8 @@ def cli_verify_state(state: Path) -> None:
 def test_error_classes_are_exported_at_the_top_level() -> None:
     """The error tree (imaguard/errors.py) names BackendError and LogIntegrityError as
     public branches; callers catch them as imaguard.BackendError / imaguard.LogIntegrityError."""
-    assert imaguard.BackendError is BackendError  # type: ignore[attr-defined]
-    assert imaguard.LogIntegrityError is LogIntegrityError  # type: ignore[attr-defined]
+    assert imaguard.BackendError is BackendError
+    assert imaguard.LogIntegrityError is LogIntegrityError
     assert issubclass(BackendError, imaguard.Error)
     assert issubclass(LogIntegrityError, imaguard.Error)
 
@@ -97,8 +93,19 @@ def test_new_log_starts_with_boot_aggregate_all_zero_sha256(store: LogStore, sta
     assert len(store) == 1
     assert store.report.entries == 0
     assert store.banks == ("sha1", "sha256")
-    # The binary file holds exactly that record, with its SHA-1 template digest.
-    assert (state / LOG).read_bytes() == serialize_binary([entry])
+    # The binary file holds exactly that record, with its SHA-1 template digest, built
+    # here byte by byte (ima_measurements_show's layout), not with serialize_binary.
+    d_ng, n_ng = b"sha256:\0" + b"\0" * 32, b"boot_aggregate\0"
+    data = struct.pack("<I", len(d_ng)) + d_ng + struct.pack("<I", len(n_ng)) + n_ng
+    record = (
+        struct.pack("<I", 10)
+        + hashlib.sha1(data).digest()  # noqa: S324
+        + struct.pack("<I", 6)
+        + b"ima-ng"
+        + struct.pack("<I", len(data))
+        + data
+    )
+    assert (state / LOG).read_bytes() == record
     assert json.loads((state / "state.json").read_text())["banks"] == ["sha1", "sha256"]
 
 
@@ -235,6 +242,22 @@ def test_violations_replay_with_ff(store: LogStore) -> None:
     ).digest()
     assert viol.digest == b"\0" * 20
     assert sha1_pcr == expected
+
+
+def test_every_template_replays_to_the_independent_oracle(state: Path, files: list[Path]) -> None:
+    """The old ``ima`` template hashes differently (``n`` padded to 256 bytes, no lengths);
+    ima-sig / ima-ngv2 carry more fields. Each log, violations included, replays (with
+    hashlib alone) to the PCRs the store keeps, in three banks."""
+    banks = ("sha1", "sha256", "sha384")
+    for name in ("ima", "ima-ng", "ima-sig", "ima-ngv2"):
+        where = state / name
+        template = TemplateDescriptor.lookup(name)
+        with LogStore(where, template=name, banks=banks) as s:
+            for p in files[:3]:
+                assert s.append(file_entry(p, template, store="sigfile")).added
+            assert s.append(violation_entry("/var/log/app.log", template)).added
+            pcrs = s.pcrs()
+        assert replay((where / LOG).read_bytes(), banks) == pcrs, name
 
 
 # -- torn tail --------------------------------------------------------------------------
@@ -413,7 +436,8 @@ def test_concurrent_appends_from_many_threads(store: LogStore, state: Path) -> N
     names = [e.name for e in entries[1:]]
     assert len(set(names)) == threads * per_thread
     for t, out in results.items():
-        idx = [r.index for r in out]
+        idx = [r.index for r in out if r.index is not None]
+        assert len(idx) == len(out)
         assert all(r.added for r in out)
         assert idx == sorted(idx), f"thread {t}: its entries are out of order"
         for i, r in zip(range(per_thread), out, strict=True):

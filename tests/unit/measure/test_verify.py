@@ -18,11 +18,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import imaguard
+from helpers.measure import replay_binary
 from imaguard.formats.keylime import RuntimePolicy
 from imaguard.formats.measurelist import RawRecord, serialize_ascii, serialize_binary
 from imaguard.formats.template import TemplateDescriptor, TemplateEntry
 from imaguard.measure import (
-    SoftwarePcrs,
     VerifyResult,
     buffer_entry,
     file_entry,
@@ -64,11 +64,8 @@ def records(entries: list[TemplateEntry]) -> list[RawRecord]:
 def pcrs_of(
     entries: list[TemplateEntry], banks: tuple[str, ...] = ("sha1", "sha256")
 ) -> dict[str, dict[int, bytes]]:
-    soft = SoftwarePcrs(banks)
-    for e in entries:
-        soft.extend_entry(e)
-    used = sorted({e.pcr for e in entries})
-    return {b: {i: soft.values[b][i] for i in used} for b in banks}
+    """The PCRs ``entries`` extend, computed with hashlib alone (not SoftwarePcrs)."""
+    return replay_binary(serialize_binary(entries), banks)
 
 
 def codes(result: VerifyResult) -> list[str]:

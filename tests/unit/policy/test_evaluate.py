@@ -215,7 +215,9 @@ def test_decided_lists_every_deciding_rule_in_list_order() -> None:
         ("audit", 6),
     ]
     assert acts(d) == {"appraise", "audit"}  # appraise cleared the earlier hash
-    assert d.rule_for("measure").canonical() == "dont_measure fsmagic=0x9fa0"
+    measure_rule = d.rule_for("measure")
+    assert measure_rule is not None
+    assert measure_rule.canonical() == "dont_measure fsmagic=0x9fa0"
     assert d.any_action
 
 

@@ -3,7 +3,6 @@ the grammar), the read-back format (ima_policy_show), imaguard mode, and bad inp
 
 from __future__ import annotations
 
-import time
 import uuid
 
 import pytest
@@ -316,7 +315,7 @@ def test_huge_line_is_a_clear_error_naming_the_line() -> None:
     text = "measure\ndont_measure fsname=" + "a" * (100 * 1024) + "\nappraise\n"
     for mode in ("kernel", "imaguard"):
         with pytest.raises(PolicyError) as exc:
-            parse_policy(text, mode=mode, source="big.policy")  # type: ignore[arg-type]
+            parse_policy(text, mode=mode, source="big.policy")
         ((source, line, _col, reason),) = exc.value.problems
         assert (source, line) == ("big.policy", 2)
         assert "bytes" in reason
@@ -370,8 +369,7 @@ def test_hundred_thousand_rules_parse_and_evaluate() -> None:
         else:
             lines.append(f"audit func=MMAP_CHECK fsname=fs{i}")
     text = "".join(line + "\n" for line in lines)
-    start = time.monotonic()
-    policy = parse_policy(text)
+    policy = parse_policy(text)  # no time limit here: speed targets live in bench/
     assert len(policy) == n
     compiled = CompiledPolicy(policy.rules)
     late = 99_998  # an appraise rule near the end
@@ -379,13 +377,13 @@ def test_hundred_thousand_rules_parse_and_evaluate() -> None:
     d = compiled.evaluate(r)
     assert d == evaluate_naive(policy.rules, r)
     assert acts(d) == {"appraise"}
-    assert d.rule_for("appraise").line == late + 1
+    rule = d.rule_for("appraise")
+    assert rule is not None
+    assert rule.line == late + 1
     r = req("FILE_CHECK", "MAY_READ", fowner=99_993, fsmagic=0x4)
     assert acts(compiled.evaluate(r)) == set()  # dont_measure fsmagic=0x4 comes first
     r = req("FILE_CHECK", "MAY_READ", fowner=99_993, fsmagic=0x1)
     assert acts(compiled.evaluate(r)) == {"measure"}
-    elapsed = time.monotonic() - start
-    assert elapsed < 30, f"100k rules took {elapsed:.1f}s"
 
 
 def test_repeated_permit_directio() -> None:
@@ -421,7 +419,9 @@ def test_many_bad_lines_do_not_explode() -> None:
     text = "bogus\n" * 10_000
     with pytest.raises(PolicyError) as exc:
         parse_policy(text)
-    assert 1 <= len(exc.value.problems) <= 10_000
+    problems = exc.value.problems
+    assert len(problems) == 10_000  # every bad line is named, none twice
+    assert [(line, col) for _src, line, col, _why in problems] == [(n, 1) for n in range(1, 10_001)]
     assert exc.value.problems[0][:3] == ("<policy>", 1, 1)
 
 

@@ -3,6 +3,7 @@ conflicts that fail closed, lifecycle, locks, signed updates and versions."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -44,8 +45,8 @@ BPRM = req("BPRM_CHECK", "MAY_EXEC", uid=0, fowner=0, fsmagic=0xEF53)
 
 def test_policy_errors_are_public() -> None:
     # docs/architecture.md names imaguard.PolicyError / imaguard.PolicyLockedError
-    assert imaguard.PolicyError is PolicyError  # type: ignore[attr-defined]
-    assert imaguard.PolicyLockedError is PolicyLockedError  # type: ignore[attr-defined]
+    assert imaguard.PolicyError is PolicyError
+    assert imaguard.PolicyLockedError is PolicyLockedError
     assert "PolicyError" in imaguard.__all__
     assert "PolicyLockedError" in imaguard.__all__
 
@@ -423,14 +424,15 @@ def test_sealed_lock_refuses_everything(tmp_path: Path) -> None:
     s.add("a", pol("measure\n"), lock="sealed")
     f = tmp_path / "p.policy"
     f.write_text("#@ version 9\nmeasure\naudit\n")
-    for change in (
+    changes: tuple[Callable[[], object], ...] = (
         lambda: s.replace("a", pol("audit\n"), version=10),
         lambda: s.append("a", pol("audit\n"), version=10),
         lambda: s.remove("a"),
         lambda: s.update_file("a", f),
         lambda: s.set_lock("a", "open"),
         lambda: s.set_lock("a", "append-only"),
-    ):
+    )
+    for change in changes:
         with pytest.raises(PolicyLockedError):
             change()
     assert s.policy("a").text() == "measure \n"
