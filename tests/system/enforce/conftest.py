@@ -112,6 +112,19 @@ class Daemon:
         assert self._cmd("flush") == "OK"
 
     def decisions(self) -> list[dict[str, Any]]:
+        """The decisions recorded so far, once the record has settled.
+
+        The enforcer replies before it records, so a caller that just saw an exec fail may
+        look before the record is written: wait until no new line came for 0.2 s (5 s at most).
+        """
+        last, stable_since, end = -1, time.monotonic(), time.monotonic() + 5
+        while time.monotonic() < end:
+            n = len(self.log.read_bytes()) if self.log.exists() else 0
+            if n != last:
+                last, stable_since = n, time.monotonic()
+            elif time.monotonic() - stable_since >= 0.2:
+                break
+            time.sleep(0.02)
         if not self.log.exists():
             return []
         return [json.loads(x) for x in self.log.read_text().splitlines() if x]

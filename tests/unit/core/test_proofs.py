@@ -272,6 +272,15 @@ MAX_ROUNDS = 30000
 HOLD = 20e-6  # seconds each version stays in place: many flips per naive check-then-read
 
 
+def _untraced_env() -> dict[str, str]:
+    """The environment without coverage's subprocess hooks: a traced attacker flips the file
+    too slowly for the race to be a real attack."""
+    env = dict(os.environ)
+    for name in ("COVERAGE_PROCESS_START", "COVERAGE_PROCESS_CONFIG"):
+        env.pop(name, None)
+    return env
+
+
 @pytest.fixture
 def attacker(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[str]]]:
     """start(path, good, evil, style) -> a rewriting process; killed by PID in teardown."""
@@ -283,6 +292,7 @@ def attacker(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[str]]]:
              str(HOLD), str(TIMEOUT)],
             stdout=subprocess.PIPE,
             text=True,
+            env=_untraced_env(),
         )  # fmt: skip
         procs.append(p)
         assert p.stdout is not None
