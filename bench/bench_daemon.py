@@ -7,8 +7,10 @@
    fapolicyd 1.1.7 (``integrity = sha256``, a rule set that trusts the file), run in a
    private mount namespace under ``timeout``. Medians of per-round medians; ratios against
    no daemon. Targets: cached <= x1.05 of no daemon. "cached" is the default configuration
-   (``cache_opens = false``: the exec's own open still reaches the daemon, answered from the
-   Guard's cache); "cached_opens" sets ``cache_opens = true`` (no event at all).
+   (``cache_opens = "root-owned"``; the benchmark's files are root's, so a cached exec raises
+   no event at all); "cached_no_open_marks" sets ``cache_opens = false`` (the exec's own open
+   still reaches the daemon, answered from the Guard's cache: what a file an unprivileged
+   user can write gets under the default).
 2. Cache-miss decision time, ``Guard.process`` on fresh signed files of 4 KiB - 1 MiB (the
    daemon's decision, appraise + measure): p99. Target: <= 1 ms.
 3. open+close of an unchanged data file under ``appraise func=FILE_CHECK``: ratio against no
@@ -399,7 +401,7 @@ def main() -> int:
             "none": [],
             "first": [],
             "cached": [],
-            "cached_opens": [],
+            "cached_no_open_marks": [],
             "fapolicyd": [],
         }
         fails: dict[str, int] = dict.fromkeys(medians, 0)
@@ -418,12 +420,13 @@ def main() -> int:
                     lat, f = b.spawn(n, true)
                     medians["cached"].append(statistics.median(lat))
                     fails["cached"] += f
-                # cache_opens = true: the exec's own FAN_OPEN_PERM is cached in the kernel too
-                with b.running(POLICY_EXEC, "cache_opens = true\n"):
+                # cache_opens = false: the exec's own FAN_OPEN_PERM still reaches the daemon
+                # (what any file an unprivileged user can write gets under the default)
+                with b.running(POLICY_EXEC, "cache_opens = false\n"):
                     b.spawn(10, true)
                     lat, f = b.spawn(n, true)
-                    medians["cached_opens"].append(statistics.median(lat))
-                    fails["cached_opens"] += f
+                    medians["cached_no_open_marks"].append(statistics.median(lat))
+                    fails["cached_no_open_marks"] += f
                 if fap_problem is None:
                     got = b.fapolicyd_round(n)
                     if isinstance(got, str):
@@ -457,7 +460,7 @@ def main() -> int:
             )
         spawn["target_cached_ratio"] = 1.05
         spawn["cached_met"] = spawn["cached"]["ratio_vs_none"] <= 1.05
-        spawn["cached_opens_met"] = spawn["cached_opens"]["ratio_vs_none"] <= 1.05
+        spawn["cached_no_open_marks_met"] = spawn["cached_no_open_marks"]["ratio_vs_none"] <= 1.05
         spawn["baseline_us"] = round(base_med, 1)
         result["spawn"] = spawn
         result["decision"] = decision_p99(base, args.quick, POLICY_EXEC, "measure")
