@@ -42,6 +42,7 @@ from imaguard.errors import (
     LogIntegrityError,
     PolicyError,
     PolicyLockedError,
+    ServiceError,
     StoreError,
     TruncatedError,
     UnsupportedAlgorithmError,
@@ -56,6 +57,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "Certificate": "imaguard.crypto",
+    "Client": "imaguard.service",
     "Decision": "imaguard.core",
     "GeneratedKey": "imaguard.crypto",
     "Guard": "imaguard.core",
@@ -79,12 +81,14 @@ if _TYPE_CHECKING:
         load_private_key,
     )
     from imaguard.policy import Subject
+    from imaguard.service import Client
 
 
 __all__ = [
     "BackendError",
     "Cause",
     "Certificate",
+    "Client",
     "Decision",
     "Digest",
     "Error",
@@ -101,6 +105,7 @@ __all__ = [
     "PolicyError",
     "PolicyLockedError",
     "PrivateKey",
+    "ServiceError",
     "SidecarStore",
     "SignatureInfo",
     "SignatureStore",

@@ -15,6 +15,7 @@ things a caller can act on::
     ├── PolicyError          a policy does not parse, or a change to it is refused
     │   └── PolicyLockedError    refused by a lock or a version rule
     ├── BackendError         a TPM or the log storage failed or is gone
+    │   └── ServiceError     the daemon refused a control request (``code`` says why)
     ├── LogIntegrityError    a measurement log is corrupt or disagrees with its PCRs
     └── UsageError           the caller asked for something that makes no sense
 
@@ -121,3 +122,16 @@ class BackendError(Error):
 
 class LogIntegrityError(Error):
     """A measurement log is corrupt, or its replay disagrees with the PCRs it must match."""
+
+
+class ServiceError(BackendError):
+    """The daemon answered a control request with an error (docs/protocol.md).
+
+    ``code`` is the protocol's error code (``permission-denied``, ``locked``,
+    ``rollback``, ...); the message is the daemon's. A daemon that does not answer at all
+    is a plain :class:`BackendError`.
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code

@@ -71,6 +71,10 @@ COMMANDS: dict[str, Verb] = {
         "imaguard.cli._daemon:status",
         "Ask the running daemon how it is; exit 2 when no daemon answers.",
     ),
+    "ctl": Verb(
+        "imaguard.cli._ctl:ctl",
+        "Talk to the daemon's policy service: policies, owners, decisions, direct calls.",
+    ),
     # Old spellings, kept working but not listed.
     "info": Verb(f"{_FILES}:show", "", hidden=True),
 }

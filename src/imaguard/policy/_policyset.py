@@ -82,9 +82,19 @@ class Provenance:
     policy: str
     line: int
     rule: str
+    owner: str | None = None
+    """The policy's owner (``None`` for a policy added without one)."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"action": self.action, "policy": self.policy, "line": self.line, "rule": self.rule}
+        d: dict[str, Any] = {
+            "action": self.action,
+            "policy": self.policy,
+            "line": self.line,
+            "rule": self.rule,
+        }
+        if self.owner is not None:
+            d["owner"] = self.owner
+        return d
 
 
 @dataclass(frozen=True)
@@ -172,16 +182,24 @@ class _Entry:
     fail_securely: bool
 
 
-def _prov(name: str, decision: PolicyDecision, kind: str) -> Provenance:
+def _prov(
+    name: str, decision: PolicyDecision, kind: str, owners: dict[str, str | None] | None = None
+) -> Provenance:
     rule = decision.rule_for(kind)
     assert rule is not None
-    return Provenance(rule.action.value, name, rule.line, rule.canonical())
+    owner = owners.get(name) if owners else None
+    return Provenance(rule.action.value, name, rule.line, rule.canonical(), owner)
 
 
-def combine(decisions: list[tuple[str, PolicyDecision, bool]]) -> SetDecision:
-    """Union of per-policy decisions; ``bool`` is the policy's fail_securely flag."""
+def combine(
+    decisions: list[tuple[str, PolicyDecision, bool]],
+    owners: dict[str, str | None] | None = None,
+) -> SetDecision:
+    """Union of per-policy decisions; ``bool`` is the policy's fail_securely flag;
+    ``owners`` maps policy names to their owners (named in the provenance)."""
+    own = owners or {}
     provenance = [
-        Provenance(rule.action.value, name, rule.line, rule.canonical())
+        Provenance(rule.action.value, name, rule.line, rule.canonical(), own.get(name))
         for name, d, _ in decisions
         for _, rule in sorted(d.decided, key=lambda kr: kr[1].line)
     ]
@@ -209,7 +227,7 @@ def combine(decisions: list[tuple[str, PolicyDecision, bool]]) -> SetDecision:
         if sigv3 and other:
             conflict = Conflict(
                 "one policy requires a sigv3 (fs-verity) signature, another an imasig signature",
-                (_prov(*sigv3[0], "appraise"), _prov(*other[0], "appraise")),
+                (_prov(*sigv3[0], "appraise", own), _prov(*other[0], "appraise", own)),
             )
             appraise_type = "sigv3"
         elif sigv3:
@@ -230,7 +248,7 @@ def combine(decisions: list[tuple[str, PolicyDecision, bool]]) -> SetDecision:
         if not both and conflict is None and algo_source is not None:
             conflict = Conflict(
                 "the allowed hash algorithms of two policies have nothing in common",
-                (_prov(*algo_source, "appraise"), _prov(n, d, "appraise")),
+                (_prov(*algo_source, "appraise", own), _prov(n, d, "appraise", own)),
             )
         algos = tuple(both)
     if algos is not None:
@@ -305,6 +323,29 @@ class PolicySet:
         """The named policy's lock."""
         return self._get(name).lock
 
+    def owner(self, name: str) -> str | None:
+        """The named policy's owner (None when it was added without one)."""
+        return self._get(name).owner
+
+    def snapshot(self) -> object:
+        """An opaque token of the set's current policies, for :meth:`restore`."""
+        return self._entries
+
+    def restore(self, token: object) -> None:
+        """Put back the policies of a :meth:`snapshot` (undo changes that could not be kept)."""
+        if not isinstance(token, dict):
+            raise PolicyError("not a snapshot of a PolicySet")
+        self._set_entries(token)
+
+    def _set_entries(self, entries: dict[str, _Entry]) -> None:
+        # Copy on write: evaluate() reads self._entries once, so a change made while other
+        # threads evaluate is seen whole or not at all (never a dict changing under them).
+        self._entries = entries
+        self._combined = {}
+
+    def _put(self, entry: _Entry) -> None:
+        self._set_entries({**self._entries, entry.name: entry})
+
     def _get(self, name: str) -> _Entry:
         try:
             return self._entries[name]
@@ -352,8 +393,7 @@ class PolicySet:
                 f"{name}: a signed-only policy is loaded from a signed file (add_file)"
             )
         v = version if version is not None else (policy.version or 1)
-        self._entries[name] = self._entry(name, policy, v, lock, owner, fail_securely)
-        self._combined.clear()
+        self._put(self._entry(name, policy, v, lock, owner, fail_securely))
 
     def add_file(
         self,
@@ -371,8 +411,83 @@ class PolicySet:
         if name in self._entries:
             raise PolicyError(f"a policy named {name!r} is already in the set (use update_file)")
         v = policy.version or 1
-        self._entries[name] = self._entry(name, policy, v, lock, owner, False)
-        self._combined.clear()
+        self._put(self._entry(name, policy, v, lock, owner, False))
+
+    def add_signed(
+        self,
+        name: str,
+        data: bytes,
+        signature: bytes | None,
+        *,
+        keyring: Keyring | None = None,
+        lock: Lock | str = Lock.SIGNED_ONLY,
+        owner: str | None = None,
+        version: int | None = None,
+        mode: Mode = "imaguard",
+        source: str = "<policy>",
+    ) -> None:
+        """Add a policy from its text and the ``security.ima`` value signed over it.
+
+        The signature must verify against ``keyring`` (default: the set's policy keyring)
+        whatever ``lock`` is; a ``signed-only`` policy added this way must carry ``#@
+        version N`` inside the signed bytes, as :meth:`update_file` requires.
+        """
+        lock = Lock(lock)
+        if name in self._entries:
+            raise PolicyError(f"a policy named {name!r} is already in the set (use update_signed)")
+        policy = self._verified(data, signature, keyring, mode, source)
+        if lock is Lock.SIGNED_ONLY and policy.version is None:
+            raise PolicyLockedError(
+                f"{source}: a signed-only policy must carry '#@ version N' inside the signed file"
+            )
+        v = version if version is not None else (policy.version or 1)
+        if lock is Lock.SIGNED_ONLY and v != policy.version:
+            raise PolicyLockedError(
+                f"{source}: a signed-only policy's version is the one signed inside it "
+                f"({policy.version}), not {v}"
+            )
+        self._put(self._entry(name, policy, v, lock, owner, False))
+
+    def update_signed(
+        self,
+        name: str,
+        data: bytes,
+        signature: bytes | None,
+        *,
+        keyring: Keyring | None = None,
+        mode: Mode | None = None,
+        source: str = "<policy>",
+    ) -> None:
+        """Replace a policy with signed text (what a signed-only lock allows)."""
+        entry = self._get(name)
+        if entry.lock is Lock.SEALED:
+            raise PolicyLockedError(f"{name}: the policy is sealed; no change until restart")
+        policy = self._verified(data, signature, keyring, mode or entry.policy.mode, source)
+        if entry.lock is Lock.SIGNED_ONLY and policy.version is None:
+            raise PolicyLockedError(
+                f"{source}: a signed-only update must carry '#@ version N' inside the signed file"
+            )
+        self._replace(entry, policy, None)
+
+    def _verified(
+        self,
+        data: bytes,
+        signature: bytes | None,
+        keyring: Keyring | None,
+        mode: Mode,
+        source: str,
+    ) -> Policy:
+        ring = keyring if keyring is not None else self.policy_keyring
+        if ring is None:
+            raise PolicyLockedError(f"{source}: no policy keyring to verify the signature against")
+        if len(data) > MAX_POLICY_FILE:
+            raise PolicyError(f"{source}: policy is {len(data)} bytes (at most {MAX_POLICY_FILE})")
+        verdict = appraise_file(data, ring, value=signature)
+        if not verdict.passed:
+            raise PolicyLockedError(
+                f"{source}: policy signature does not verify ({verdict.describe()}); refused"
+            )
+        return parse_policy(data, mode=mode, source=source)
 
     def replace(self, name: str, policy: Policy, *, version: int | None = None) -> None:
         """Replace a policy's rules, as its lock allows, with a higher version."""
@@ -435,18 +550,38 @@ class PolicySet:
                 f"{name}: version {new_version} is not newer than "
                 f"{entry.version} (rollback refused)"
             )
-        self._entries[name] = self._entry(
-            name, policy, new_version, entry.lock, entry.owner, entry.fail_securely
+        self._put(
+            self._entry(name, policy, new_version, entry.lock, entry.owner, entry.fail_securely)
         )
-        self._combined.clear()
+
+    def reinstate(
+        self,
+        name: str,
+        policy: Policy,
+        *,
+        version: int,
+        lock: Lock | str,
+        owner: str | None,
+    ) -> None:
+        """Put a policy in as it was kept elsewhere, with no lock or version check.
+
+        For a service that checks locks, versions and signatures itself and persists them
+        (the daemon's policy service restoring its state, or applying a change it has
+        authorised); replaces a policy of that name. Everyone else uses :meth:`add` and
+        the lifecycle methods, which enforce the rules.
+        """
+        if not name or any(c.isspace() for c in name) or "=" in name:
+            raise PolicyError(f"bad policy name {name!r} (no spaces or '=')")
+        old = self._entries.get(name)
+        fail_securely = old.fail_securely if old is not None else False
+        self._put(self._entry(name, policy, version, Lock(lock), owner, fail_securely))
 
     def remove(self, name: str) -> None:
         """Remove a policy; only an open one can be removed."""
         entry = self._get(name)
         if entry.lock is not Lock.OPEN:
             raise PolicyLockedError(f"{name}: a {entry.lock} policy cannot be removed")
-        del self._entries[name]
-        self._combined.clear()
+        self._set_entries({k: v for k, v in self._entries.items() if k != name})
 
     def set_lock(self, name: str, lock: Lock | str) -> None:
         """Make a policy's lock stricter (never looser)."""
@@ -458,16 +593,17 @@ class PolicySet:
             )
         if lock is Lock.SIGNED_ONLY and self.policy_keyring is None:
             raise PolicyLockedError(f"{name}: signed-only needs a policy keyring")
-        self._entries[name] = _Entry(
-            entry.name,
-            entry.policy,
-            entry.compiled,
-            entry.version,
-            lock,
-            entry.owner,
-            entry.fail_securely,
+        self._put(
+            _Entry(
+                entry.name,
+                entry.policy,
+                entry.compiled,
+                entry.version,
+                lock,
+                entry.owner,
+                entry.fail_securely,
+            )
         )
-        self._combined.clear()
 
     def _read_file(
         self,
@@ -526,16 +662,18 @@ class PolicySet:
 
     def evaluate(self, req: Request) -> SetDecision:
         """What the set demands for one request (hook, mask, subject, object)."""
-        decisions = [
-            (e.name, e.compiled.evaluate(req), e.fail_securely) for e in self._entries.values()
-        ]
+        entries, memo = self._entries, self._combined  # one consistent view (copy on write)
+        decisions = [(e.name, e.compiled.evaluate(req), e.fail_securely) for e in entries.values()]
         # Per-policy decisions are memoised objects, so their identities make a cheap key;
         # the memo holds them, so an id is never reused for another decision meanwhile.
         key = tuple(id(d) for _, d, _ in decisions)
-        hit = self._combined.get(key)
+        hit = memo.get(key)
         if hit is not None:
             return hit[1]
-        result = combine(decisions)
-        if len(self._combined) < 4096:
-            self._combined[key] = (tuple(d for _, d, _ in decisions), result)
+        owners: dict[str, str | None] = {
+            e.name: e.owner for e in entries.values() if e.owner is not None
+        }
+        result = combine(decisions, owners)
+        if len(memo) < 4096:
+            memo[key] = (tuple(d for _, d, _ in decisions), result)
         return result

@@ -36,8 +36,13 @@ def _load_keyring(cfg: Config, key: str, paths: tuple[str, ...]) -> Keyring:
         raise ConfigError(cfg.source, key, str(e)) from e
 
 
-def build_policy_set(cfg: Config) -> tuple[PolicySet, Keyring]:
-    """The policy set (read in imaguard mode) and the appraisal keyring of ``cfg``."""
+def build_policy_set(cfg: Config, *, with_state: bool = True) -> tuple[PolicySet, Keyring]:
+    """The policy set (read in imaguard mode) and the appraisal keyring of ``cfg``.
+
+    ``with_state``: put the policy service's persisted state (policies loaded over the
+    socket, seals of this boot, version marks; :func:`~imaguard.service.apply_state`) over
+    the config's policies, as the daemon runs them.
+    """
     from imaguard.policy import PolicySet, builtin_policy, parse_policy
 
     ring = _load_keyring(cfg, "keyrings", cfg.keyrings)
@@ -70,6 +75,12 @@ def build_policy_set(cfg: Config) -> tuple[PolicySet, Keyring]:
                 pset.add(spec.name, policy, lock=spec.lock, owner=spec.owner)
         except Error as e:
             raise ConfigError(cfg.source, key, str(e)) from e
+    if with_state:
+        from imaguard.service._owners import load_owners
+        from imaguard.service._policies import apply_state
+
+        load_owners(cfg.owners)  # a bad owners file fails the start (or the reload) here
+        apply_state(pset, cfg)
     return pset, ring
 
 

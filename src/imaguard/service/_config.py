@@ -21,9 +21,11 @@ from imaguard.errors import UsageError
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
+    "DEFAULT_OWNERS",
     "EMBEDDED_DEFAULT",
     "LOCKS",
     "MODES",
+    "READ_ACCESS",
     "Config",
     "ConfigError",
     "PolicySpec",
@@ -32,6 +34,8 @@ __all__ = [
 ]
 
 DEFAULT_CONFIG_PATH = "/etc/imaguard/imaguard.toml"
+DEFAULT_OWNERS = "/etc/imaguard/owners.d"
+READ_ACCESS = ("everyone", "owners")
 MODES = ("enforce", "permissive", "log")
 LOCKS = ("open", "append-only", "signed-only", "sealed")
 EMBEDDED_SOURCE = "<embedded default>"
@@ -94,6 +98,10 @@ class Config:
     cache_opens: bool | str = "root-owned"
     audit_syslog: bool = False
     restart_delay_max: float = 5.0
+    owners: str = DEFAULT_OWNERS
+    socket_mode: int = 0o666
+    read_access: str = "everyone"
+    max_clients: int = 64
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     @property
@@ -127,6 +135,10 @@ _TOP_KEYS = {
     "cache_opens",
     "audit_syslog",
     "restart_delay_max",
+    "owners",
+    "socket_mode",
+    "read_access",
+    "max_clients",
 }
 _POLICY_KEYS = {"name", "owner", "file", "builtin", "rules", "lock"}
 _DEFAULTS: dict[str, Any] = {
@@ -250,6 +262,12 @@ def _from_document(doc: dict[str, Any], r: _Reader) -> Config:
     if type(delay) not in (int, float) or not 0 <= delay <= 300:
         raise r.fail("restart_delay_max", f"must be a number of seconds in 0..300, not {delay!r}")
     policies = _policies(doc.get("policy"), r)
+    owners = r.path("owners", r.string("owners", doc.get("owners", DEFAULT_OWNERS)))
+    socket_mode = _socket_mode(r, doc.get("socket_mode", "0666"))
+    read_access = r.string("read_access", doc.get("read_access", "everyone"))
+    if read_access not in READ_ACCESS:
+        raise r.fail("read_access", f"must be one of {', '.join(READ_ACCESS)}, not {read_access!r}")
+    max_clients = r.integer("max_clients", doc.get("max_clients", 64), 1, 4096)
     return Config(
         source=r.source,
         mode=mode,
@@ -267,7 +285,27 @@ def _from_document(doc: dict[str, Any], r: _Reader) -> Config:
         cache_opens=cache_opens,
         audit_syslog=audit_syslog,
         restart_delay_max=float(delay),
+        owners=owners,
+        socket_mode=socket_mode,
+        read_access=read_access,
+        max_clients=max_clients,
     )
+
+
+def _socket_mode(r: _Reader, value: Any) -> int:
+    if type(value) is int:  # socket_mode = 0o666
+        text, mode = oct(value), value
+    else:
+        text = r.string("socket_mode", value)
+        try:
+            mode = int(text, 8)
+        except ValueError:
+            mode = -1
+    if not 0 <= mode <= 0o777 or mode & 0o111:
+        raise r.fail("socket_mode", f'must be an octal mode such as "0666" or "0600", not {text!r}')
+    if not mode & 0o600 == 0o600:
+        raise r.fail("socket_mode", f"must let root read and write (0600 at least), not {text!r}")
+    return mode
 
 
 def _policies(value: Any, r: _Reader) -> tuple[PolicySpec, ...]:

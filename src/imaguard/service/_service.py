@@ -1,8 +1,11 @@
-"""The worker's state: config, Guard and Enforcer; status answers and SIGHUP reloads.
+"""The worker's state: config, Guard and Enforcer; the control protocol's answers
+(docs/protocol.md) and SIGHUP reloads.
 
 A reload re-reads the config and builds a new Guard; if anything fails, the old one stays
 in force and the error names the key at fault (a reload never denies everything meanwhile,
 and never allows everything either). The swap is atomic (``Enforcer.swap_guard``).
+Policy changes over the socket (:mod:`imaguard.service._policies`) and reloads exclude
+each other.
 """
 
 from __future__ import annotations
@@ -11,13 +14,18 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from imaguard.errors import Error
+from imaguard.errors import Error, FileError, PolicyError, UsageError
 from imaguard.service._build import build_guard, hand_over_log
 from imaguard.service._config import Config, load_config
 from imaguard.service._control import status_document
+from imaguard.service._decisions import DecisionHub
+from imaguard.service._owners import Peer
+from imaguard.service._policies import PolicyService
+from imaguard.service._protocol import ProtocolError
+from imaguard.service._server import Reply
 
 __all__ = ["Service", "close_quietly"]
 
@@ -73,6 +81,16 @@ class Service:
         self._lock = threading.Lock()
         # Fixed when the Enforcer was made: permissive or not (a restart changes it).
         self.permissive = cfg.permissive
+        self.hub = DecisionHub()
+        self.policy_service = PolicyService(
+            cfg, lambda: self.guard, flush=getattr(enforcer, "flush", lambda: None)
+        )
+
+    def on_decision(self, event: Any) -> None:
+        """The Enforcer's callback: the decision goes to its owners' followers."""
+        pset = self.guard.policies
+        owner_of = {n: pset.owner(n) for n in pset.names()}
+        self.hub.record(event, owner_of)
 
     @property
     def mode(self) -> str:
@@ -82,11 +100,10 @@ class Service:
         with self._lock:
             cfg, guard = self.cfg, self.guard
         pset = guard.policies
-        owners = {p.name: p.owner for p in cfg.policies}
         policies = [
             {
                 "name": name,
-                "owner": owners.get(name),
+                "owner": pset.owner(name),
                 "lock": str(pset.lock(name)),
                 "version": pset.version(name),
             }
@@ -110,13 +127,151 @@ class Service:
             uptime_s=round(time.time() - self.started, 3),
         )
 
-    def answer(self, request: dict[str, Any]) -> dict[str, Any]:
-        if request.get("request") == "status":
-            return self.status()
-        return {"error": f"unknown request {request.get('request')!r} (known: status)"}
+    # -- the control protocol -------------------------------------------------------------
+    def handle(self, request: dict[str, Any], peer: Peer, fds: list[int]) -> Reply:
+        """Answer one control request (docs/protocol.md); ProtocolError for a refusal."""
+        op = request.get("op")
+        if not isinstance(op, str) or op not in _OPS:
+            raise ProtocolError(
+                "unknown-op", f"unknown op {op!r} (known: {', '.join(sorted(_OPS))})"
+            )
+        if op in _CHANGES:
+            return Reply(self.policy_service.change(peer, op, request))
+        if op == "decisions":
+            return self._decisions(peer, request)
+        ps = self.policy_service
+        ps.may_read(peer, op)
+        if op == "status":
+            return Reply(self.status())
+        if op == "whoami":
+            return Reply({**peer.describe(), "owners": ps.owners_of(peer)})
+        if op == "policies":
+            return Reply({"policies": ps.policies()})
+        if op == "show":
+            name = request.get("name")
+            if not isinstance(name, str):
+                raise ProtocolError("bad-request", "name: a policy name is required")
+            return Reply(ps.entry(name, text=True))
+        fd = _one_fd(op, fds)
+        name = request.get("path")
+        if name is not None and not isinstance(name, str):
+            raise ProtocolError("bad-request", "path: must be a string")
+        if op == "explain":
+            return Reply(self._explain(fd, name, peer, request))
+        if op == "appraise":
+            return Reply(self._appraise(fd, name, request))
+        return Reply(self._signature_info(fd, name))
+
+    def _decisions(self, peer: Peer, request: dict[str, Any]) -> Reply:
+        mine = self.policy_service.owners_of(peer)
+        owner = request.get("owner")
+        if owner is not None:
+            if not isinstance(owner, str):
+                raise ProtocolError("bad-request", "owner: must be a string")
+            if owner not in mine:
+                raise ProtocolError(
+                    "permission-denied",
+                    f"decisions: uid {peer.uid} (pid {peer.pid}) may not act for owner "
+                    f"{owner!r}, so it does not see its decisions",
+                )
+            owners = [owner]
+        else:
+            if not mine:
+                raise ProtocolError(
+                    "permission-denied",
+                    f"decisions: uid {peer.uid} (pid {peer.pid}) acts for no owner",
+                )
+            owners = mine
+        recent = self.hub.recent(owners)
+        result = {"decisions": recent, "dropped": self.hub.dropped_recent, "owners": owners}
+        if not request.get("follow"):
+            return Reply(result)
+        follower = self.hub.follow(owners)
+
+        def stream() -> Iterator[dict[str, Any] | None]:
+            try:
+                while True:
+                    items = follower.take(1.0)
+                    if not items:
+                        yield None
+                    for item in items:
+                        yield {"decision": item, "dropped": follower.dropped}
+            finally:
+                self.hub.unfollow(follower)
+
+        return Reply(result, stream())
+
+    def _explain(
+        self, fd: int, name: str | None, peer: Peer, request: dict[str, Any]
+    ) -> dict[str, Any]:
+        from imaguard.core import file_object
+        from imaguard.policy import Request, Subject, hook_name, parse_mask
+
+        try:
+            hook = hook_name(str(request.get("hook") or "BPRM_CHECK"))
+            mask_text = request.get("mask")
+            if mask_text is not None and not isinstance(mask_text, (str, int)):
+                raise UsageError("mask: a MAY_* name or names joined by '|'")
+            bits = parse_mask(mask_text) if mask_text is not None else _default_mask(hook)
+        except (UsageError, PolicyError) as e:
+            raise ProtocolError("bad-request", str(e)) from e
+        try:
+            st = os.fstat(fd)
+            real = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError as e:
+            raise ProtocolError("bad-request", f"the passed descriptor: {e.strerror}") from e
+        subject = Subject(uid=peer.uid, gid=peer.gid)
+        pset = self.guard.policies
+        sd = pset.evaluate(Request(hook, bits, subject, file_object(fd, st, real, resolve=False)))
+        actions: dict[str, Any] = {}
+        for kind in ("measure", "appraise", "audit", "hash"):
+            prov = next((p for p in sd.provenance if p.action == kind), None)
+            actions[kind] = {
+                "required": bool(getattr(sd, kind)),
+                "policy": prov.policy if prov is not None and getattr(sd, kind) else None,
+                "line": prov.line if prov is not None and getattr(sd, kind) else None,
+                "owner": prov.owner if prov is not None and getattr(sd, kind) else None,
+            }
+        return {
+            "path": name or real,
+            "hook": hook,
+            "mask": bits,
+            "actions": actions,
+            "appraise_type": sd.appraise_type,
+            "provenance": [{**p.to_dict(), "owner": p.owner} for p in sd.provenance],
+            "owners": sorted({p.owner for p in sd.provenance if p.owner is not None}),
+            "conflict": sd.conflict.to_dict() if sd.conflict is not None else None,
+        }
+
+    def _appraise(self, fd: int, name: str | None, request: dict[str, Any]) -> dict[str, Any]:
+        from imaguard.appraise import appraise
+
+        require = request.get("require", "signature")
+        if require not in ("signature", "digest"):
+            raise ProtocolError("bad-request", "require: signature or digest")
+        guard = self.guard
+        verdict = appraise(fd, guard.keyring, require=require, store=guard.store)
+        d = verdict.to_dict()
+        d["path"] = name or d["path"]
+        return d
+
+    def _signature_info(self, fd: int, name: str | None) -> dict[str, Any]:
+        from imaguard.appraise import signature_info
+
+        try:
+            info = signature_info(fd, store=self.guard.store)
+        except (FileError, Error) as e:
+            raise ProtocolError("bad-request", f"signature_info: {e}") from e
+        d = info.to_dict()
+        d["path"] = name or d["path"]
+        return d
 
     def reload(self) -> bool:
         """Re-read the config and swap in a new Guard; on any error keep the old one."""
+        with self.policy_service.lock:
+            return self._reload()
+
+    def _reload(self) -> bool:
         self._notify("reloading")
         old_cfg, old_guard = self.cfg, self.guard
         try:
@@ -145,6 +300,10 @@ class Service:
         self.enforcer.swap_guard(guard)
         with self._lock:
             self.cfg, self.guard = cfg, guard
+        try:
+            self.policy_service.rebind(cfg)
+        except Error as e:  # the new Guard stands; its owners file could not be read again
+            _log.error("reload: owners: %s", e)
         self.reloads += 1
         self.last_reload_error = None
         timer = threading.Timer(OLD_GUARD_GRACE, close_quietly, args=(old_guard,))
@@ -153,6 +312,30 @@ class Service:
         _log.info("configuration reloaded from %s", cfg.source)
         self._notify("reloaded")
         return True
+
+
+_CHANGES = frozenset({"load", "replace", "append", "remove", "seal"})
+_OPS = _CHANGES | {
+    "status",
+    "whoami",
+    "policies",
+    "show",
+    "explain",
+    "appraise",
+    "signature_info",
+    "decisions",
+}
+_EXEC_HOOKS = frozenset({"BPRM_CHECK", "MMAP_CHECK", "MMAP_CHECK_REQPROT", "CREDS_CHECK"})
+
+
+def _default_mask(hook: str) -> int:
+    return 0x1 if hook in _EXEC_HOOKS else 0x4  # MAY_EXEC / MAY_READ, as Guard.process
+
+
+def _one_fd(op: str, fds: list[int]) -> int:
+    if not fds:
+        raise ProtocolError("no-fd", f"{op}: pass the open file's descriptor (SCM_RIGHTS)")
+    return fds[0]
 
 
 def close_quietly(guard: Any) -> None:

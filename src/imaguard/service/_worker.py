@@ -20,7 +20,7 @@ import threading
 from imaguard.errors import Error
 from imaguard.service._build import build_guard
 from imaguard.service._config import load_config
-from imaguard.service._control import ControlServer
+from imaguard.service._server import ControlServer
 from imaguard.service._service import Service, close_quietly
 
 __all__ = ["main"]
@@ -112,7 +112,10 @@ def main(argv: list[str] | None = None) -> int:
             recovered=recovered,
             notify=send,
         )
-        server = ControlServer(cfg.socket, service.answer)
+        enforcer.on_decision = service.on_decision
+        server = ControlServer(
+            cfg.socket, service.handle, mode=cfg.socket_mode, max_clients=cfg.max_clients
+        )
     except (Error, OSError) as e:
         _log.error("%s", e)
         send(f"fatal {e}")

@@ -13,7 +13,14 @@ import pytest
 
 from helpers.clirun import run_in_process
 from imaguard.errors import BackendError
-from imaguard.service import STATUS_KEYS, ControlServer, query_status, status_document
+from imaguard.service import (
+    STATUS_KEYS,
+    ControlServer,
+    Peer,
+    Reply,
+    query_status,
+    status_document,
+)
 
 
 @dataclass(frozen=True)
@@ -51,10 +58,13 @@ def test_document_shape() -> None:
 def server(tmp_path: Path) -> Iterator[tuple[ControlServer, list[dict[str, object]]]]:
     seen: list[dict[str, object]] = []
 
-    def answer(request: dict[str, object]) -> dict[str, object]:
+    def answer(request: dict[str, object], peer: Peer, fds: list[int]) -> Reply:
         seen.append(request)
-        return status_document(
-            ready=True, mode="enforce", watched=["/x"], policies=[], stats=FakeStats(), pid=1
+        assert peer.pid == os.getpid() and peer.uid == os.geteuid() and fds == []
+        return Reply(
+            status_document(
+                ready=True, mode="enforce", watched=["/x"], policies=[], stats=FakeStats(), pid=1
+            )
         )
 
     srv = ControlServer(str(tmp_path / "run" / "control.sock"), answer)
@@ -67,7 +77,7 @@ def test_socket_round_trip(server: tuple[ControlServer, list[dict[str, object]]]
     srv, seen = server
     assert stat.S_IMODE(os.stat(srv.path).st_mode) == 0o600
     doc = query_status(srv.path)
-    assert seen == [{"request": "status"}]
+    assert seen == [{"v": 1, "op": "status", "id": 1}]
     assert doc["decisions"] == {"allowed": 7, "denied": 2}
 
 
@@ -94,7 +104,7 @@ def test_no_daemon(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_socket_is_removed_on_close(tmp_path: Path) -> None:
-    srv = ControlServer(str(tmp_path / "c.sock"), lambda _r: {})
+    srv = ControlServer(str(tmp_path / "c.sock"), lambda _r, _p, _f: Reply({}))
     srv.start()
     srv.close()
     assert not (tmp_path / "c.sock").exists()
