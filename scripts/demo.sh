@@ -81,12 +81,17 @@ appraise func=BPRM_CHECK fsmagic=0x01021994 appraise_type=imasig
 appraise func=MMAP_CHECK mask=MAY_EXEC fsmagic=0x01021994 appraise_type=imasig
 measure func=BPRM_CHECK fsmagic=0x01021994
 POLICY
+chmod 0755 "$work"   # other users reach the socket and their policy files
+mkdir -p owners.d
+printf 'name = "plugins"\nuids = [1001]\n' > owners.d/plugins.toml
+printf 'name = "backup"\nuids = [1002]\n' > owners.d/backup.toml
 cat > imaguard.toml <<CONFIG
 mode = "enforce"
 watch = ["$work/mnt"]
 state = "$work/state"
 socket = "$work/control.sock"
 keyrings = ["$work/ring"]
+owners = "$work/owners.d"
 
 [[policy]]
 name = "exec-guard"
@@ -124,6 +129,40 @@ grep '"result": "denied"' state/audit.jsonl | head -1 | "$PY" -m json.tool --no-
 step imaguard status --socket control.sock
 "$IG" status --socket control.sock
 
+# Several owners, one machine: two subsystems (uid 1001 and 1002) each own their policies.
+as_uid() { local u="$1"; shift; setpriv --reuid "$u" --regid "$u" --clear-groups "$@"; }
+if command -v setpriv >/dev/null; then
+  printf '#@ version 1\nappraise func=BPRM_CHECK fsmagic=0x01021994 appraise_type=imasig\n' > plugins.policy
+  printf 'dont_appraise fsmagic=0x01021994\n' > quiet.policy
+  chmod 0644 plugins.policy quiet.policy
+  step "imaguard ctl load plugins plugins.policy --lock append-only   # as uid 1001 (owner plugins)"
+  as_uid 1001 "$IG" ctl --socket control.sock load plugins plugins.policy --lock append-only
+  step "imaguard ctl load backup-quiet quiet.policy   # as uid 1002 (owner backup)"
+  as_uid 1002 "$IG" ctl --socket control.sock load backup-quiet quiet.policy
+  set +e
+  step "imaguard ctl replace plugins quiet.policy   # as uid 1002: not its policy"
+  as_uid 1002 "$IG" ctl --socket control.sock replace plugins quiet.policy; rc_b=$?
+  step "imaguard ctl remove plugins   # as root, who is nobody's owner here"
+  "$IG" ctl --socket control.sock remove plugins; rc_root=$?
+  step "./mnt/unsigned   # backup's dont_appraise switches off only backup's own policy"
+  ./mnt/unsigned; rc_unsigned2=$?
+  echo "$rc_unsigned2"
+  set -e
+  step "imaguard ctl decisions --owner plugins   # as uid 1001: where its rules took part"
+  as_uid 1001 "$IG" ctl --socket control.sock decisions --owner plugins | tail -2
+  step "imaguard ctl seal plugins; imaguard ctl policies"
+  as_uid 1001 "$IG" ctl --socket control.sock seal plugins >/dev/null
+  "$IG" ctl --socket control.sock policies
+  step "imaguard log show --state state/log | grep imaguard:policy   # every change is measured"
+  "$IG" log show --state state/log | grep 'imaguard:policy'
+  if [ "$rc_b" -ne 2 ] || [ "$rc_root" -ne 2 ] || [ "$rc_unsigned2" -ne 126 ]; then
+    echo "demo: the policy service did not refuse as expected ($rc_b, $rc_root, $rc_unsigned2)" >&2
+    exit 1
+  fi
+else
+  echo "demo: the several-owners step is skipped: setpriv (util-linux) is missing."
+fi
+
 step "kill -TERM $daemon_pid; umount mnt"
 kill -TERM "$daemon_pid"
 for _ in $(seq 100); do kill -0 "$daemon_pid" 2>/dev/null || break; sleep 0.1; done
@@ -134,4 +173,5 @@ if [ "$rc_signed" -ne 0 ] || [ "$rc_unsigned" -ne 126 ] || [ "$rc_ldso" -eq 0 ];
   exit 1
 fi
 echo
-echo "demo: done - the signed program ran; the unsigned one and the ld.so trick were refused."
+echo "demo: done - the signed program ran; the unsigned one and the ld.so trick were refused;"
+echo "      each owner changed only its own policy, and every change is in the log."

@@ -292,3 +292,47 @@ def test_shipped_example_parses(tmp_path: Path) -> None:
     assert cfg.mode == "permissive"
     assert [p.name for p in cfg.policies] == ["exec-guard", "attestation"]
     assert cfg.policies[1].lock == "sealed"
+    assert cfg.owners == "/etc/imaguard/owners.d"
+    assert (cfg.socket_mode, cfg.read_access, cfg.max_clients) == (0o666, "everyone", 64)
+
+
+def test_shipped_owner_example_parses(tmp_path: Path) -> None:
+    from imaguard.service import parse_owner
+
+    example = Path(__file__).resolve().parents[3] / "packaging" / "owners.d" / "plugins.toml"
+    text = example.read_text().replace("/etc/imaguard/owners/plugins/keys", str(tmp_path))
+    owner = parse_owner(text, source="example")
+    assert owner.name == "plugins"
+    assert owner.uids == frozenset({1001})
+    assert owner.units == frozenset({"plugin-host.service"})
+    assert owner.exes == frozenset({"/usr/bin/plugin-host"})
+    assert owner.keyring == str(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("line", "key", "problem"),
+    [
+        ('socket_mode = "0400"', "socket_mode", "0600 at least"),
+        ('socket_mode = "0777"', "socket_mode", "octal mode"),
+        ('socket_mode = "rw"', "socket_mode", "octal mode"),
+        ('read_access = "root"', "read_access", "everyone, owners"),
+        ("max_clients = 0", "max_clients", "between 1 and 4096"),
+    ],
+)
+def test_service_keys_refused(write_config: WriteConfig, line: str, key: str, problem: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_config(write_config(line + "\n" + MINIMAL))
+    assert exc.value.key == key
+    assert problem in exc.value.problem
+
+
+def test_service_keys_accepted(write_config: WriteConfig) -> None:
+    cfg = load_config(
+        write_config(
+            'socket_mode = 0o600\nread_access = "owners"\nmax_clients = 3\nowners = "o.d"\n'
+            + MINIMAL
+        )
+    )
+    assert (cfg.socket_mode, cfg.read_access, cfg.max_clients) == (0o600, "owners", 3)
+    assert os.path.isabs(cfg.owners)
+    assert cfg.owners.endswith("/o.d")
