@@ -149,11 +149,10 @@ def apply_state(pset: PolicySet, cfg: Config) -> None:
     from imaguard.policy import Lock, parse_policy
 
     state = PolicyState.load(cfg.state, cfg.source)
-    if not state.policies and not state.versions:
-        return
     owners = load_owners(cfg.owners)
     boot = boot_id()
     config_names = {p.name for p in cfg.policies}
+    marked = False
     for i, spec in enumerate(cfg.policies):
         v = pset.policy(spec.name).version
         seen = state.versions.get(spec.name, 0)
@@ -166,6 +165,15 @@ def apply_state(pset: PolicySet, cfg: Config) -> None:
                 f"{spec.name}: version {v} is older than version {seen} seen before "
                 "(rollback refused)",
             )
+        if v is not None and v > seen:  # a config file's '#@ version N' is remembered too
+            state.mark(spec.name, v)
+            marked = True
+    if marked and state.path is not None:
+        try:
+            os.makedirs(os.path.dirname(state.path), mode=0o700, exist_ok=True)
+            state.save()
+        except OSError as e:
+            raise ConfigError(cfg.source, "state", f"{state.path}: {e.strerror or e}") from e
     for name, rec in sorted(state.policies.items(), key=lambda kv: kv[1].get("loaded_at", 0)):
         sealed = rec.get("sealed_boot") == boot
         lock = rec["lock"] if sealed or rec["lock"] != "sealed" else rec.get("lock_before_seal")
@@ -317,10 +325,12 @@ class PolicyService:
     # -- changing -----------------------------------------------------------------------
     def change(self, peer: Peer, op: str, req: dict[str, Any]) -> dict[str, Any]:
         """One change request: authorise, apply, persist, measure, audit (also refusals)."""
-        name = _name(req)
+        raw = req.get("name")
+        name = raw if isinstance(raw, str) else repr(raw)
         owner: str | None = None
         with self.lock:
             try:
+                name = _name(req)
                 owner = self._owner_for(peer, op, name, req)
                 change = self._apply(peer, op, name, owner, req)
                 result = self.entry(name) if op != "remove" else {"name": name, "removed": True}
