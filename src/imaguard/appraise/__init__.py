@@ -28,7 +28,7 @@ from imaguard.appraise._sigstore import (
     default_store,
     store_for,
 )
-from imaguard.appraise._verdict import Cause, SignatureInfo, Status, Verdict
+from imaguard.appraise._verdict import Cause, SignatureInfo, Signer, Status, Verdict
 
 __all__ = [
     "STORE_NAMES",
@@ -39,6 +39,7 @@ __all__ = [
     "SidecarStore",
     "SignatureInfo",
     "SignatureStore",
+    "Signer",
     "Status",
     "Target",
     "Verdict",

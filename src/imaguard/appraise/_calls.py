@@ -27,7 +27,7 @@ from imaguard.appraise._files import (
     open_target,
 )
 from imaguard.appraise._sigstore import SignatureStore, store_for
-from imaguard.appraise._verdict import Cause, SignatureInfo, Status, Verdict
+from imaguard.appraise._verdict import Cause, SignatureInfo, Signer, Status, Verdict
 from imaguard.appraise._verity import VERITY_ALGORITHMS, fsverity_digest, fsverity_digest_bytes
 from imaguard.errors import (
     FileError,
@@ -531,15 +531,38 @@ def signature_info(
     *,
     store: SignatureStore | str | None = None,
     value: bytes | None = None,
+    keyring: Keyring | str | os.PathLike[str] | None = None,
 ) -> SignatureInfo:
-    """Decode what is stored for a file without verifying it: no hashing, no key lookup.
+    """Decode what is stored for a file without verifying it: no hashing.
 
-    Raises FileError/StoreError when the file or its store cannot be read at all; a
-    malformed value is reported in ``.error``.
+    With ``keyring``, the signer is named: the certificate whose key id the signature
+    carries (subject, key id, validity), looked up, not verified. Raises
+    FileError/StoreError when the file or its store cannot be read at all; a malformed
+    value is reported in ``.error``.
     """
     name = _name(target)
     if isinstance(target, bytes) or value is not None:
-        return _info_from_raw(name, value, "given")
-    st = _store(store)
-    with open_target(target) as ref:
-        return _info_from_raw(name, st.read(ref), st.name)
+        info = _info_from_raw(name, value, "given")
+    else:
+        st = _store(store)
+        with open_target(target) as ref:
+            info = _info_from_raw(name, st.read(ref), st.name)
+    if keyring is None:
+        return info
+    return replace(info, signer=_signer(_keyring(keyring), info.key_id), keyring_checked=True)
+
+
+def _signer(ring: Keyring, key_id: int | None) -> Signer | None:
+    if key_id is None:
+        return None
+    certs = ring.lookup(key_id)
+    if not certs:
+        return None
+    x = certs[0].x509
+    return Signer(
+        x.subject.rfc4514_string(),
+        key_id,
+        x.not_valid_before_utc.isoformat(),
+        x.not_valid_after_utc.isoformat(),
+        certs[0].source,
+    )

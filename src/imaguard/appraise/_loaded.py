@@ -86,6 +86,25 @@ def load_verified(
     The signature comes from the original file (its ``security.ima``, or the store given);
     the content hashed is the memfd's. Nothing is cached.
     """
+    vf = copy_and_appraise(path, keyring, require=require, algorithms=algorithms, store=store)
+    if not vf.verdict.passed:
+        vf.close()
+        raise VerificationError(f"{vf.verdict.target}: {vf.verdict.describe()}", vf.verdict)
+    return vf
+
+
+def copy_and_appraise(
+    path: str | os.PathLike[str],
+    keyring: Keyring | str | os.PathLike[str],
+    *,
+    require: Require = "signature",
+    algorithms: list[str] | None = None,
+    store: SignatureStore | str | None = None,
+) -> VerifiedFile:
+    """:func:`load_verified` that returns the sealed copy whatever its verdict (log modes).
+
+    A value that cannot be read at all still raises VerificationError.
+    """
     ring = _keyring(keyring)
     st = store_for(store) if store is None or isinstance(store, str) else store
     name = os.fspath(path)
@@ -106,13 +125,26 @@ def load_verified(
             verdict = appraise(
                 memfd, ring, require=require, algorithms=algorithms, store=_NoValue()
             )
-        verdict = replace(verdict, target=name)
-        if not verdict.passed:
-            raise VerificationError(f"{name}: {verdict.describe()}", verdict)
-        return VerifiedFile(memfd, verdict, size)
+        return VerifiedFile(memfd, replace(verdict, target=name), size)
     except BaseException:
         os.close(memfd)
         raise
+
+
+def seal_bytes(data: bytes, name: str) -> int:
+    """A sealed memfd holding ``data`` (close it when done)."""
+    memfd = os.memfd_create(
+        f"imaguard:{os.path.basename(name)}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING
+    )
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(memfd, view) :]
+        fcntl.fcntl(memfd, fcntl.F_ADD_SEALS, _SEALS)
+    except BaseException:
+        os.close(memfd)
+        raise
+    return memfd
 
 
 def _copy(src: int, dst: int, name: str) -> int:

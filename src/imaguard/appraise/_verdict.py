@@ -17,7 +17,7 @@ from typing import Any
 
 from imaguard.formats.xattr import is_signature
 
-__all__ = ["Cause", "SignatureInfo", "Status", "Verdict"]
+__all__ = ["Cause", "SignatureInfo", "Signer", "Status", "Verdict"]
 
 
 class Status(StrEnum):
@@ -103,8 +103,34 @@ class Verdict:
 
 
 @dataclass(frozen=True)
+class Signer:
+    """The certificate in a keyring whose key id a signature names (not a verification)."""
+
+    subject: str
+    key_id: int
+    not_before: str
+    not_after: str
+    source: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "subject": self.subject,
+            "key_id": f"{self.key_id:08x}",
+            "not_before": self.not_before,
+            "not_after": self.not_after,
+            "source": self.source,
+        }
+
+
+@dataclass(frozen=True)
 class SignatureInfo:
-    """What is stored for a file, decoded but not verified (no hashing, no key lookup)."""
+    """What is stored for a file, decoded but not verified (no hashing).
+
+    With a keyring, ``signer`` names the certificate whose key id the signature carries
+    (``keyring_checked`` says a keyring was consulted; ``signer`` None then means no
+    certificate there has that key id). Naming is not verifying: only appraisal says the
+    signature is that key's and matches the content.
+    """
 
     target: str
     present: bool
@@ -117,6 +143,8 @@ class SignatureInfo:
     digest: bytes | None = None
     error: str | None = None
     store: str = ""
+    signer: Signer | None = None
+    keyring_checked: bool = False
 
     @property
     def signed(self) -> bool:
@@ -146,4 +174,9 @@ class SignatureInfo:
             "digest": None if self.digest is None else self.digest.hex(),
             "store": self.store,
             "error": self.error,
+            **(
+                {"signer": self.signer.to_dict() if self.signer is not None else None}
+                if self.keyring_checked
+                else {}
+            ),
         }

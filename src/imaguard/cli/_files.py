@@ -219,11 +219,20 @@ def _describe(path: str, info: Any, store_name: str) -> str:
     if info.error:
         return f"{path}: malformed value ({info.value_size} bytes): {info.error}"
     if info.signed:
-        return (
+        line = (
             f"{path}: signed, key id {info.key_id:08x}, {info.algorithm}, {info.type_name} "
             f"(type=0x{info.value_type:02x}, sig={info.signature_size} bytes, "
             f"value={info.value_size} bytes)"
         )
+        if info.keyring_checked:
+            s = info.signer
+            line += (
+                f"\n  signer: {s.subject} (key id {s.key_id:08x}, valid {s.not_before} to "
+                f"{s.not_after}; named, not verified)"
+                if s is not None
+                else f"\n  signer: no certificate in the keyring has key id {info.key_id:08x}"
+            )
+        return line
     digest = info.digest.hex() if info.digest else ""
     return (
         f"{path}: not signed: a {info.algorithm} {info.type_name} value "
@@ -233,20 +242,29 @@ def _describe(path: str, info: Any, store_name: str) -> str:
 
 @click.command()
 @store_options
+@keyring_option("Name the signer from these certificates (subject, key id, validity); repeatable.")
 @json_option("Print a JSON array.")
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
-def show(store: str | None, xattr_user: bool, as_json: bool, paths: tuple[str, ...]) -> None:
+def show(
+    store: str | None,
+    xattr_user: bool,
+    keyrings: tuple[str, ...],
+    as_json: bool,
+    paths: tuple[str, ...],
+) -> None:
     """Decode what is stored for each file (type, algorithm, key id, sizes); no verification.
 
-    Nothing is hashed and no key is needed: this says what a file carries, not whether it
-    is right (that is ``verify``). ``info`` is an old spelling of this command.
+    Nothing is hashed: this says what a file carries, not whether it is right (that is
+    ``verify``). With ``--keyring`` the signer is named from the certificate whose key id
+    the signature carries. ``info`` is another spelling of this command.
     """
     st = resolve_store(store, xattr_user)
+    ring = imaguard.Keyring.load(*keyrings) if keyrings else None
     infos: list[dict[str, Any]] = []
     code = EXIT_OK
     for path in paths:
         try:
-            info = imaguard.signature_info(path, store=st)
+            info = imaguard.signature_info(path, store=st, keyring=ring)
         except Error as e:
             err(str(e))
             infos.append({"path": path, "present": False, "error": str(e)})

@@ -71,6 +71,10 @@ COMMANDS: dict[str, Verb] = {
         "imaguard.cli._daemon:status",
         "Ask the running daemon how it is; exit 2 when no daemon answers.",
     ),
+    "exec": Verb(
+        "imaguard.cli._exec:exec_cmd",
+        "Run PROGRAM from a sealed, verified in-memory copy; its exit code is PROGRAM's.",
+    ),
     "ctl": Verb(
         "imaguard.cli._ctl:ctl",
         "Talk to the daemon's policy service: policies, owners, decisions, direct calls.",
