@@ -67,6 +67,7 @@ _LAZY = {
     "generate_key": "imaguard.crypto",
     "load_certificates": "imaguard.crypto",
     "load_private_key": "imaguard.crypto",
+    "verified_open": "imaguard.loaders",
 }
 
 if _TYPE_CHECKING:
@@ -80,6 +81,7 @@ if _TYPE_CHECKING:
         load_certificates,
         load_private_key,
     )
+    from imaguard.loaders import verified_open
     from imaguard.policy import Subject
     from imaguard.service import Client
 
@@ -131,6 +133,7 @@ __all__ = [
     "sign_file",
     "signature_info",
     "store_digest",
+    "verified_open",
     "verify_file",
 ]
 
