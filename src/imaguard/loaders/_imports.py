@@ -16,7 +16,13 @@ cannot swap the file between the check and the use.
   (a window remains until the dynamic loader maps it; the daemon's ``MMAP_CHECK`` rule
   closes it in the kernel's path).
 * Built-in and frozen modules are part of the interpreter and are not checked; neither is
-  anything imported before the guard was installed (``sys.modules``).
+  anything imported before the guard was installed (``sys.modules``), nor the modules the
+  guard itself needs while it verifies (imaguard's own and ``cryptography``'s, imported
+  on first use).
+* The interpreter's standard library (``sysconfig``'s ``stdlib`` and ``platstdlib``) is
+  trusted with the interpreter by default, as the interpreter binary itself is (the guard
+  cannot verify the process it runs in): pass ``exempt=()`` to verify it too (then sign
+  it), or other path prefixes to trust.
 
 An unsigned or tampered module raises ``ImportError`` naming the file and the cause; in
 ``mode="log"`` the failure is only logged and the (unverified) bytes read are used.
@@ -33,6 +39,8 @@ import logging
 import marshal
 import os
 import sys
+import sysconfig
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import CodeType, ModuleType
@@ -64,10 +72,12 @@ class ImportGuard:
     store: SignatureStore
     guard: Guard | None = None
     hook: str = "PYTHON_IMPORT"
+    exempt: tuple[str, ...] = ()
     verified: int = 0
     refused: int = 0
     failures: list[str] = field(default_factory=list)
     _finder: _Finder | None = field(default=None, repr=False)
+    _local: threading.local = field(default_factory=threading.local, repr=False)
 
     def uninstall(self) -> None:
         """Take the finder off ``sys.meta_path`` (modules already imported stay)."""
@@ -83,6 +93,14 @@ class ImportGuard:
 
     def read_value(self, path: str) -> tuple[bytes, bytes | None, Verdict]:
         """The file's bytes, its stored value and their verdict."""
+        with self.busy():
+            return self._read_value(path)
+
+    def busy(self) -> _Busy:
+        """While the guard itself works, its own imports take the usual finders."""
+        return _Busy(self._local)
+
+    def _read_value(self, path: str) -> tuple[bytes, bytes | None, Verdict]:
         try:
             with open_target(path) as ref:
                 try:
@@ -113,7 +131,8 @@ class ImportGuard:
     def judge(self, path: str, data: bytes, verdict: Verdict, value: bytes | None = None) -> None:
         """Count, run the policy hook, and refuse (enforce) or log a failure."""
         if self.guard is not None:
-            self._hook(path, data, value)
+            with self.busy():
+                self._hook(path, data, value)
         if verdict.passed:
             self.verified += 1
             return
@@ -241,6 +260,19 @@ class _SourcelessLoader(_SourceLoader):
         return None
 
 
+class _Busy:
+    def __init__(self, local: threading.local) -> None:
+        self.local = local
+        self.was = False
+
+    def __enter__(self) -> None:
+        self.was = getattr(self.local, "on", False)
+        self.local.on = True
+
+    def __exit__(self, *exc: object) -> None:
+        self.local.on = self.was
+
+
 class _Finder(importlib.abc.MetaPathFinder):
     def __init__(self, ig: ImportGuard) -> None:
         self.ig = ig
@@ -251,8 +283,20 @@ class _Finder(importlib.abc.MetaPathFinder):
         path: Sequence[str] | None,
         target: ModuleType | None = None,
     ) -> importlib.machinery.ModuleSpec | None:
+        if getattr(self.ig._local, "on", False):
+            return None  # an import the guard's own verification needs: the usual finders
+        return self._find(fullname, path, target)
+
+    def _find(
+        self,
+        fullname: str,
+        path: Sequence[str] | None,
+        target: ModuleType | None,
+    ) -> importlib.machinery.ModuleSpec | None:
         spec = importlib.machinery.PathFinder.find_spec(fullname, path, target)
         if spec is None or spec.origin is None or not spec.has_location:
+            return spec
+        if self.ig.exempt and os.path.realpath(spec.origin).startswith(self.ig.exempt):
             return spec
         loader = spec.loader
         origin = spec.origin
@@ -261,14 +305,20 @@ class _Finder(importlib.abc.MetaPathFinder):
         elif isinstance(loader, importlib.machinery.SourcelessFileLoader):
             spec.loader = _SourcelessLoader(self.ig, fullname, origin)
         elif isinstance(loader, importlib.machinery.ExtensionFileLoader):
-            data, verdict = self.ig.read(origin)  # verified on disk; the loader maps it again
-            del data
-            self.ig.judge(origin, b"", verdict)
+            data, value, verdict = self.ig.read_value(origin)  # on disk; mapped again later
+            self.ig.judge(origin, data, verdict, value)
         spec.cached = None  # bytecode is never written by the guard
         return spec
 
     def invalidate_caches(self) -> None:
         importlib.machinery.PathFinder.invalidate_caches()
+
+
+def stdlib_paths() -> tuple[str, ...]:
+    """The interpreter's standard library directories (real paths, with a trailing /)."""
+    paths = sysconfig.get_paths()
+    out = {os.path.realpath(paths[k]) for k in ("stdlib", "platstdlib") if k in paths}
+    return tuple(sorted(p.rstrip("/") + "/" for p in out))
 
 
 def install_import_guard(
@@ -278,17 +328,25 @@ def install_import_guard(
     mode: GuardMode = "enforce",
     store: SignatureStore | str | None = None,
     hook: str = "PYTHON_IMPORT",
+    exempt: Sequence[str] | None = None,
 ) -> ImportGuard:
     """Verify every module imported from now on (see the module doc); returns the guard.
 
     ``policy``: a Guard whose policy also runs for ``hook`` on each module's verified bytes
     (measurement and audit into its log and trail; an appraise rule there must pass too).
+    ``exempt``: path prefixes whose modules are trusted unverified; default: the
+    standard library (:func:`stdlib_paths`); ``()`` verifies everything.
     """
     if mode not in ("enforce", "log"):
         raise UsageError(f"import guard: mode must be enforce or log, not {mode!r}")
     ring = keyring if isinstance(keyring, Keyring) else Keyring.load(keyring)
     st = store_for(store) if store is None or isinstance(store, str) else store
-    ig = ImportGuard(ring, mode, st, policy, hook)
+    prefixes = (
+        stdlib_paths()
+        if exempt is None
+        else tuple(os.path.realpath(p).rstrip("/") + "/" for p in exempt)
+    )
+    ig = ImportGuard(ring, mode, st, policy, hook, prefixes)
     finder = _Finder(ig)
     ig._finder = finder
     sys.meta_path.insert(0, finder)
