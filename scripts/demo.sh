@@ -57,6 +57,29 @@ fi
 echo
 echo "demo: the untouched files verify, the tampered one fails with invalid-signature."
 
+# Verified loaders: what runs (and what Python imports) is the copy that was verified.
+mkdir -p ring-demo; cp keys/cert.der ring-demo/
+cp "$(command -v dash || command -v sh)" tree/bin/sh
+printf '#!%s\necho "verified script, args: $*"\n' "$work/tree/bin/sh" > tree/bin/greet
+printf 'GREETING = "imported from verified bytes"\n' > tree/greeting.py
+printf 'import greeting\nprint(greeting.GREETING)\n' > tree/main.py
+"$IG" sign --key keys/private.pem --store $store tree/bin/sh tree/bin/greet tree/greeting.py tree/main.py >/dev/null
+step "imaguard exec --keyring ring-demo --trust-loader -- tree/bin/greet a b   # script and interpreter run from sealed copies"
+"$IG" exec --keyring ring-demo --store $store --trust-loader -- tree/bin/greet a b
+step "python -m imaguard.run --keyring ring-demo tree/main.py   # every import verified"
+PY="$(dirname "$IG")/python"
+"$PY" -m imaguard.run --keyring ring-demo --store $store tree/main.py
+step "echo 'GREETING = \"evil\"' > tree/greeting.py; python -m imaguard.run ... (refused)"
+echo 'GREETING = "evil"' > tree/greeting.py
+set +e
+"$PY" -m imaguard.run --keyring ring-demo --store $store tree/main.py 2>&1 | tail -1
+rc_import=${PIPESTATUS[0]}
+set -e
+if [ "$rc_import" -eq 0 ]; then
+  echo "demo: the tampered module was imported" >&2
+  exit 1
+fi
+
 # The enforcement daemon, on a tmpfs of its own: the only filesystem it marks.
 PY="$(dirname "$IG")/python"
 why=""
