@@ -332,15 +332,19 @@ def _policy(
 
 
 def _stored_signature(path: str) -> bytes | None:
+    """The first signature stored for ``path``: ``security.ima`` (readable by any user who can
+    read the file), then ``user.ima``, then the ``.sig`` beside it; None when none is."""
     from imaguard.appraise import signature_info
     from imaguard.appraise._files import open_target
-    from imaguard.appraise._sigstore import default_store
+    from imaguard.appraise._sigstore import SidecarStore, XattrStore
     from imaguard.errors import Error
 
-    try:
-        if not signature_info(path).signed:
-            return None
-        with open_target(path) as ref:
-            return default_store().read(ref)
-    except Error:
-        return None
+    for store in (XattrStore("security.ima"), XattrStore("user.ima"), SidecarStore()):
+        try:
+            with open_target(path) as ref:
+                raw = store.read(ref)
+        except Error:
+            continue
+        if raw is not None and signature_info(path, value=raw).signed:
+            return raw
+    return None

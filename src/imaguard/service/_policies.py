@@ -535,7 +535,7 @@ class PolicyService:
         if not verdict.passed:
             raise ProtocolError(
                 "bad-signature",
-                f"{source}: the signature does not verify against owner {owner!r}'s keyring "
+                f"{source}: the signature does not verify against the keyring of owner {owner!r} "
                 f"({verdict.describe()})",
             )
 

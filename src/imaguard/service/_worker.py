@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import logging
 import os
+import select
 import signal
 import socket
 import sys
@@ -52,18 +53,25 @@ def main(argv: list[str] | None = None) -> int:
     root.handlers[:] = [handler]
     root.setLevel(args.log_level)
 
-    hup = threading.Event()
-    stop_requested = threading.Event()
-    wake = threading.Event()
+    # Signal handlers only set plain flags: an Event (its lock) taken in a handler can
+    # deadlock when the signal lands while the main thread holds that very lock. The main
+    # loop wakes on the wakeup fd (signals) or on a byte other threads send (poke).
+    flags = {"hup": False, "stop": False}
+    wake_r, wake_w = socket.socketpair()
+    wake_r.setblocking(False)
+    wake_w.setblocking(False)
 
     def on_hup(*_: object) -> None:
-        hup.set()
-        wake.set()
+        flags["hup"] = True
 
     def on_term(*_: object) -> None:
-        stop_requested.set()
-        wake.set()
+        flags["stop"] = True
 
+    def poke() -> None:
+        with contextlib.suppress(OSError):
+            wake_w.send(b"\0")
+
+    signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
     signal.signal(signal.SIGHUP, on_hup)
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
@@ -142,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             failed.append(e)
             _log.exception("the enforcer stopped: %s", e)
         finally:
-            wake.set()
+            poke()
 
     runner = threading.Thread(target=run, name="imaguard-enforcer")
     runner.start()
@@ -160,8 +168,8 @@ def main(argv: list[str] | None = None) -> int:
                 data = b""
             if not data:
                 _log.error("the supervisor is gone; stopping")
-                stop_requested.set()
-                wake.set()
+                flags["stop"] = True
+                poke()
                 return
             word, _, rest = data.decode(errors="replace").partition(" ")
             if word == "gap":
@@ -169,11 +177,13 @@ def main(argv: list[str] | None = None) -> int:
                     service.gap_ms = float(rest)
 
     threading.Thread(target=watch_channel, name="imaguard-channel", daemon=True).start()
-    while not stop_requested.is_set() and runner.is_alive():
-        wake.wait(1.0)
-        wake.clear()
-        if hup.is_set():
-            hup.clear()
+    while not flags["stop"] and runner.is_alive():
+        select.select([wake_r], [], [], 1.0)
+        with contextlib.suppress(OSError):
+            while wake_r.recv(256):
+                pass
+        if flags["hup"]:
+            flags["hup"] = False
             service.reload()
     service.ready = False
     stop.set()
