@@ -97,9 +97,27 @@ class Client:
         except ProtocolError as e:
             raise UsageError(f"{op}: the request is too large ({e})") from e
         except OSError as e:
+            pending = self._pending_error(s)  # the daemon may have answered (busy) and closed
             self.close()
+            if pending is not None:
+                raise pending from e
             raise BackendError(f"{self.path}: the daemon hung up: {e.strerror or e}") from e
         return self._next_id
+
+    @staticmethod
+    def _pending_error(s: Any) -> ServiceError | None:
+        """An error answer already waiting on a connection the daemon closed, if any."""
+        try:
+            answer, fds = recv_frame(s, idle=0.2, frame_timeout=0.5)
+        except (Closed, TimeoutError, OSError, ProtocolError):
+            return None
+        for fd in fds:
+            os.close(fd)
+        err = answer.get("error") if not answer.get("ok") else None
+        if not isinstance(err, dict):
+            return None
+        code = str(err.get("code", "internal"))
+        return ServiceError(code, f"{err.get('message', 'refused')} [{code}]")
 
     def _receive(self, op: str) -> dict[str, Any]:
         s = self._connect()

@@ -19,6 +19,7 @@ their owner may only seal them.
 from __future__ import annotations
 
 import base64
+import contextlib
 import copy
 import hashlib
 import json
@@ -104,6 +105,12 @@ class PolicyState:
                     raise ValueError(f"policy {name!r}: bad lock or version")
                 if not isinstance(rec.get("text"), str):
                     raise ValueError(f"policy {name!r}: no text")
+                if not isinstance(rec.get("owner"), str) or not rec["owner"]:
+                    raise ValueError(f"policy {name!r}: no owner")
+                if rec.get("signature") is not None and not isinstance(rec["signature"], str):
+                    raise ValueError(f"policy {name!r}: the signature must be base64 text")
+                if type(rec.get("loaded_at", 0)) not in (int, float):
+                    raise ValueError(f"policy {name!r}: loaded_at must be a number")
             if not all(type(v) is int for v in versions.values()):
                 raise ValueError("versions must be integers")
         except (ValueError, KeyError) as e:
@@ -335,6 +342,9 @@ class PolicyService:
                 change = self._apply(peer, op, name, owner, req)
                 result = self.entry(name) if op != "remove" else {"name": name, "removed": True}
             except ProtocolError as e:
+                if owner is None and op != "load":
+                    with contextlib.suppress(PolicyError):
+                        owner = self._guard().policies.owner(name)  # whose policy it was
                 self._audit(peer, op, name, owner, req, error=e)
                 raise
             self._audit(peer, op, name, owner, req, error=None, change=change)
@@ -548,7 +558,9 @@ class PolicyService:
         self._pset(lambda: pset.set_lock(name, Lock.SEALED))
         text = pset.policy(name).text()
         rec = self.state.policies.get(name)
-        if rec is None:  # a config policy: keep what was sealed, for restarts this boot
+        if rec is None or rec.get("origin") == "config":
+            # a config policy: keep what is sealed now, for restarts this boot (a record
+            # left from an earlier boot's seal is replaced whole)
             rec = self.state.policies[name] = {
                 "origin": "config",
                 "owner": owner,

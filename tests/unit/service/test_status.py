@@ -60,7 +60,9 @@ def server(tmp_path: Path) -> Iterator[tuple[ControlServer, list[dict[str, objec
 
     def answer(request: dict[str, object], peer: Peer, fds: list[int]) -> Reply:
         seen.append(request)
-        assert peer.pid == os.getpid() and peer.uid == os.geteuid() and fds == []
+        assert peer.pid == os.getpid()
+        assert peer.uid == os.geteuid()
+        assert fds == []
         return Reply(
             status_document(
                 ready=True, mode="enforce", watched=["/x"], policies=[], stats=FakeStats(), pid=1
