@@ -28,12 +28,14 @@ from imaguard.appraise._sigstore import (
     default_store,
     store_for,
 )
+from imaguard.appraise._trustdb import ListInfo, TrustDB, verify_list
 from imaguard.appraise._verdict import Cause, SignatureInfo, Signer, Status, Verdict
 
 __all__ = [
     "STORE_NAMES",
     "Cause",
     "Digest",
+    "ListInfo",
     "MemoryStore",
     "Require",
     "SidecarStore",
@@ -42,6 +44,7 @@ __all__ = [
     "Signer",
     "Status",
     "Target",
+    "TrustDB",
     "Verdict",
     "VerdictCache",
     "VerifiedFile",
@@ -56,4 +59,5 @@ __all__ = [
     "store_digest",
     "store_for",
     "verify_file",
+    "verify_list",
 ]

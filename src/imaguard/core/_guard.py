@@ -32,6 +32,7 @@ from imaguard.appraise._calls import Require, appraise_value
 from imaguard.appraise._evm import evm_verify
 from imaguard.appraise._files import Digest, FileRef, change_cookie, hash_fd, open_ref
 from imaguard.appraise._sigstore import SignatureStore, XattrStore, default_store, store_for
+from imaguard.appraise._trustdb import TrustDB
 from imaguard.appraise._verdict import Cause, Status, Verdict
 from imaguard.appraise._verity import fsverity_digest
 from imaguard.core._audit import AuditSink, MemoryAudit
@@ -92,6 +93,7 @@ class Guard:
         tpm: str | None = None,
         use_cache: bool = True,
         evm: EvmConfig | None = None,
+        trust: TrustDB | None = None,
     ) -> None:
         if mode not in MODES:
             raise UsageError(f"unknown appraisal mode {mode!r} ({', '.join(MODES)})")
@@ -118,6 +120,7 @@ class Guard:
             r.action is Action.MEASURE for n in policies.names() for r in policies.policy(n).rules
         )
         self.evm = evm
+        self.trust = trust
         self._paths = policies.uses_paths
         self.cache = IntegrityCache(
             self._epoch(), self.state / "cache.json" if self.state is not None else None
@@ -164,6 +167,8 @@ class Guard:
             h.update(name.encode() + b"\0" + str(self.policies.version(name)).encode() + b"\0")
             h.update(self.policies.policy(name).text().encode())
         h.update(self.keyring.fingerprint().encode())
+        if self.trust is not None:
+            h.update(f"trust:{self.trust.dir}:{self.trust.generation}".encode())
         h.update(f"{self.mode}|{self.store.name}|{self.ima_hash}|{self.template.name}".encode())
         return h.hexdigest()[:32]
 
@@ -465,7 +470,15 @@ class Guard:
             # A portable EVM signature covering a plain hash satisfies a signature
             # requirement (ima_appraise.c xattr_verify).
             require: Require = "signature" if sd.digsig_required and not evm_ok_immutable else "any"
-            verdict = appraise_value(name, raw, safe_hasher, self.keyring, require, algos)
+            listed = (
+                self._listed(name, safe_hasher, algos)
+                if sd.appraise_type == "digestlist" and self.trust is not None
+                else None
+            )
+            if listed is not None:
+                verdict = listed
+            else:
+                verdict = appraise_value(name, raw, safe_hasher, self.keyring, require, algos)
             if (
                 not verdict.passed
                 and self.mode == "fix"
@@ -478,6 +491,30 @@ class Guard:
             entry.slots[slot] = verdict  # file problems are not cached: they may pass
             entry.values[slot] = raw
         return verdict, False
+
+    def _listed(self, name: str, safe_hasher: Any, algos: frozenset[str] | None) -> Verdict | None:
+        """A pass when a signed digest list in the trust database vouches for the content."""
+        assert self.trust is not None
+        for algo_name in self.trust.algorithms():
+            if algos is not None and algo_name not in algos:
+                continue
+            digest = safe_hasher(hashalgo.by_name(algo_name))
+            if isinstance(digest, Verdict):
+                return None  # the file cannot be hashed: the signature path says why
+            info = self.trust.vouches(digest.value, algo_name)
+            if info is not None:
+                return Verdict(
+                    name,
+                    Status.PASS,
+                    None,
+                    int(info.key_id, 16) if info.key_id else None,
+                    algo_name,
+                    None,
+                    digest.value,
+                    f"vouched for by digest list {info.name} ({info.id})",
+                    info.signer,
+                )
+        return None
 
     def _fix(
         self, name: str, ref: FileRef, hasher: Any, failed: Verdict, algos: frozenset[str] | None

@@ -106,7 +106,7 @@ def mask_names(mask: int) -> list[str]:
 LSM_FIELDS = ("obj_user", "obj_role", "obj_type", "subj_user", "subj_role", "subj_type")
 """LSM conditions in the kernel's match and print order."""
 
-APPRAISE_TYPES = ("imasig", "imasig|modsig", "sigv3")
+APPRAISE_TYPES = ("imasig", "imasig|modsig", "sigv3", "digestlist")
 
 
 @dataclass(frozen=True)
@@ -168,6 +168,11 @@ class Rule:
     @property
     def modsig_allowed(self) -> bool:
         return self.appraise_type == "imasig|modsig"
+
+    @property
+    def digestlist_allowed(self) -> bool:
+        """imaguard mode: a digest vouched for by a signed digest list passes too."""
+        return self.appraise_type == "digestlist"
 
     @property
     def check_blacklist(self) -> bool:
@@ -246,6 +251,8 @@ class Rule:
                 put("appraise_type=sigv3")
             elif self.modsig_allowed:
                 put("appraise_type=imasig|modsig")
+            elif self.digestlist_allowed:
+                put("appraise_type=digestlist")
             else:
                 put("appraise_type=imasig")
         if self.permit_directio:

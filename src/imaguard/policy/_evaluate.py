@@ -201,12 +201,16 @@ class PolicyDecision:
     template: str | None = None
     decided: tuple[tuple[str, Rule], ...] = ()
 
+    digestlist_allowed: bool = False
+
     @property
     def appraise_type(self) -> str | None:
         if not self.digsig_required:
             return None
         if self.verity_required:
             return "sigv3"
+        if self.digestlist_allowed:
+            return "digestlist"
         return "imasig|modsig" if self.modsig_allowed else "imasig"
 
     @property
@@ -237,7 +241,7 @@ def requested_kinds(
 def decide(matched: list[Rule]) -> PolicyDecision:
     """Fold the rules that decided, in list order, into a decision (ima_match_policy's body)."""
     measure = appraise = audit = hashing = False
-    digsig = modsig = blacklist = verity = directio = False
+    digsig = modsig = blacklist = verity = directio = digestlist = False
     cache = True
     algos: tuple[str, ...] | None = None
     pcr = DEFAULT_PCR
@@ -246,6 +250,7 @@ def decide(matched: list[Rule]) -> PolicyDecision:
     for rule in matched:
         digsig |= rule.digsig_required
         modsig |= rule.modsig_allowed
+        digestlist |= rule.digestlist_allowed
         blacklist |= rule.check_blacklist
         verity |= rule.verity_required
         directio |= rule.permit_directio
@@ -282,6 +287,7 @@ def decide(matched: list[Rule]) -> PolicyDecision:
         pcr,
         template,
         tuple(decided),
+        digestlist_allowed=digestlist,
     )
 
 

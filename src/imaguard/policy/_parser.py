@@ -415,8 +415,19 @@ class _RuleBuilder:
                     col, "appraise_type=imasig|modsig cannot follow digest_type=verity"
                 )
             self.flag("MODSIG_ALLOWED", col)
+        elif value == "digestlist":
+            if self.mode != "imaguard":
+                raise _RuleError(
+                    col, "appraise_type=digestlist is an imaguard extension (use imaguard mode)"
+                )
+            if verity:
+                raise _RuleError(col, "appraise_type=digestlist cannot follow digest_type=verity")
         else:
-            raise _RuleError(col, f"unknown appraise_type {value!r} (imasig, imasig|modsig, sigv3)")
+            raise _RuleError(
+                col,
+                f"unknown appraise_type {value!r} (imasig, imasig|modsig, sigv3"
+                + (", digestlist)" if self.mode == "imaguard" else ")"),
+            )
         # A second appraise_type is not refused by the kernel: the flags accumulate.
         if self.fields.get("appraise_type") == "imasig|modsig" and value == "imasig":
             value = "imasig|modsig"

@@ -234,6 +234,8 @@ def combine(
             appraise_type = "sigv3"
         elif all(t == "imasig|modsig" for _, _, t in types):
             appraise_type = "imasig|modsig"
+        elif all(t == "digestlist" for _, _, t in types):
+            appraise_type = "digestlist"  # a signature, or a digest a signed list vouches for
         else:
             appraise_type = "imasig"
     algos: tuple[str, ...] | None = None
