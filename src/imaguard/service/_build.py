@@ -102,7 +102,14 @@ def build_guard(cfg: Config, *, open_log: bool = True) -> Guard:
         raise ConfigError(cfg.source, "state", f"{state}: {e.strerror or e}") from e
     mode: Any = cfg.guard_mode
     try:
-        guard = Guard(pset, ring, state=state, mode=mode, audit=audit, tpm=cfg.tpm)
+        from imaguard.appraise import TrustDB
+
+        trust = TrustDB(cfg.trust_dir)
+    except (Error, OSError, ValueError) as e:
+        audit.close()
+        raise ConfigError(cfg.source, "trust", f"{cfg.trust_dir}: {e}") from e
+    try:
+        guard = Guard(pset, ring, state=state, mode=mode, audit=audit, tpm=cfg.tpm, trust=trust)
     except Error as e:
         audit.close()
         raise ConfigError(cfg.source, "state", str(e)) from e

@@ -102,11 +102,18 @@ class Config:
     socket_mode: int = 0o666
     read_access: str = "everyone"
     max_clients: int = 64
+    digestlist_keyrings: tuple[str, ...] = ()
+    trust: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def permissive(self) -> bool:
         return self.mode == "permissive"
+
+    @property
+    def trust_dir(self) -> str:
+        """The trust database's directory: ``trust``, else ``STATE/trust``."""
+        return self.trust if self.trust is not None else os.path.join(self.state, "trust")
 
     @property
     def guard_mode(self) -> str:
@@ -139,6 +146,8 @@ _TOP_KEYS = {
     "socket_mode",
     "read_access",
     "max_clients",
+    "digestlist_keyrings",
+    "trust",
 }
 _POLICY_KEYS = {"name", "owner", "file", "builtin", "rules", "lock"}
 _DEFAULTS: dict[str, Any] = {
@@ -268,6 +277,11 @@ def _from_document(doc: dict[str, Any], r: _Reader) -> Config:
     if read_access not in READ_ACCESS:
         raise r.fail("read_access", f"must be one of {', '.join(READ_ACCESS)}, not {read_access!r}")
     max_clients = r.integer("max_clients", doc.get("max_clients", 64), 1, 4096)
+    digestlist_keyrings = tuple(
+        r.path(f"digestlist_keyrings[{i}]", p)
+        for i, p in enumerate(r.strings("digestlist_keyrings", doc.get("digestlist_keyrings", [])))
+    )
+    trust = r.path("trust", r.string("trust", doc["trust"])) if "trust" in doc else None
     return Config(
         source=r.source,
         mode=mode,
@@ -289,6 +303,8 @@ def _from_document(doc: dict[str, Any], r: _Reader) -> Config:
         socket_mode=socket_mode,
         read_access=read_access,
         max_clients=max_clients,
+        digestlist_keyrings=digestlist_keyrings,
+        trust=trust,
     )
 
 

@@ -37,7 +37,7 @@ from imaguard.service._config import ConfigError
 __all__ = ["Owner", "Peer", "PeerGoneError", "identify", "load_owners", "owners_for", "parse_owner"]
 
 SO_PEERPIDFD = getattr(socket, "SO_PEERPIDFD", 77)  # Linux 6.5; 77 on every architecture
-_OWNER_KEYS = {"name", "uids", "gids", "units", "exes", "keyring"}
+_OWNER_KEYS = {"name", "uids", "gids", "units", "exes", "keyring", "digestlists"}
 _UNIT_SUFFIXES = (".service", ".scope", ".socket", ".timer", ".mount", ".slice")
 
 
@@ -56,6 +56,8 @@ class Owner:
     units: frozenset[str] = frozenset()
     exes: frozenset[str] = frozenset()
     keyring: str | None = None
+    digestlists: bool = False
+    """May add digest lists to the daemon's trust database and remove them."""
 
     def matches(self, peer: Peer) -> bool:
         """True when ``peer`` satisfies every non-empty list of this owner."""
@@ -111,6 +113,11 @@ def parse_owner(text: str | bytes, *, source: str, base: str | None = None) -> O
         raise ConfigError(
             source, "uids", "give at least one of uids, gids, units or exes (who acts for it)"
         )
+    digestlists = doc.get("digestlists", False)
+    if not isinstance(digestlists, bool):
+        raise ConfigError(source, "digestlists", "must be true or false")
+    if digestlists:
+        owner = Owner(name, source, owner.uids, owner.gids, owner.units, exes, None, True)
     keyring = doc.get("keyring")
     if keyring is not None:
         if not isinstance(keyring, str) or not keyring:
@@ -119,7 +126,7 @@ def parse_owner(text: str | bytes, *, source: str, base: str | None = None) -> O
             keyring = os.path.join(base, keyring)
         if not os.path.exists(keyring):
             raise ConfigError(source, "keyring", f"{keyring} does not exist")
-        return Owner(name, source, owner.uids, owner.gids, owner.units, exes, keyring)
+        return Owner(name, source, owner.uids, owner.gids, owner.units, exes, keyring, digestlists)
     return owner
 
 

@@ -26,6 +26,7 @@ from imaguard.service._owners import Peer
 from imaguard.service._policies import PolicyService
 from imaguard.service._protocol import ProtocolError
 from imaguard.service._server import Reply
+from imaguard.service._trust import TrustService
 
 __all__ = ["Service", "close_quietly"]
 
@@ -85,6 +86,12 @@ class Service:
         self.policy_service = PolicyService(
             cfg, lambda: self.guard, flush=getattr(enforcer, "flush", lambda: None)
         )
+        self.trust_service = TrustService(
+            cfg,
+            lambda: self.guard,
+            self.policy_service,
+            flush=getattr(enforcer, "flush", lambda: None),
+        )
 
     def on_decision(self, event: Any) -> None:
         """The Enforcer's callback: the decision goes to its owners' followers."""
@@ -137,6 +144,8 @@ class Service:
             )
         if op in _CHANGES:
             return Reply(self.policy_service.change(peer, op, request))
+        if op in _TRUST_CHANGES:
+            return Reply(self.trust_service.change(peer, op, request))
         if op == "decisions":
             return self._decisions(peer, request)
         ps = self.policy_service
@@ -147,6 +156,10 @@ class Service:
             return Reply(self.status())
         if op == "policies":
             return Reply({"policies": ps.policies()})
+        if op == "digestlists":
+            return Reply(self.trust_service.lists())
+        if op == "trust_lookup":
+            return Reply(self.trust_service.lookup(request))
         if op == "show":
             name = request.get("name")
             if not isinstance(name, str):
@@ -304,6 +317,7 @@ class Service:
             self.policy_service.rebind(cfg)
         except Error as e:  # the new Guard stands; its owners file could not be read again
             _log.error("reload: owners: %s", e)
+        self.trust_service.rebind(cfg)
         self.reloads += 1
         self.last_reload_error = None
         timer = threading.Timer(OLD_GUARD_GRACE, close_quietly, args=(old_guard,))
@@ -315,16 +329,23 @@ class Service:
 
 
 _CHANGES = frozenset({"load", "replace", "append", "remove", "seal"})
-_OPS = _CHANGES | {
-    "status",
-    "whoami",
-    "policies",
-    "show",
-    "explain",
-    "appraise",
-    "signature_info",
-    "decisions",
-}
+_TRUST_CHANGES = frozenset({"digestlist_add", "digestlist_remove"})
+_OPS = (
+    _CHANGES
+    | _TRUST_CHANGES
+    | {
+        "digestlists",
+        "trust_lookup",
+        "status",
+        "whoami",
+        "policies",
+        "show",
+        "explain",
+        "appraise",
+        "signature_info",
+        "decisions",
+    }
+)
 _EXEC_HOOKS = frozenset({"BPRM_CHECK", "MMAP_CHECK", "MMAP_CHECK_REQPROT", "CREDS_CHECK"})
 
 
