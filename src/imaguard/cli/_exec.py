@@ -121,3 +121,6 @@ def exec_cmd(
     except OSError as e:
         err(f"{prepared.program}: cannot execute: {e.strerror or e}")
         raise _Exit(EXIT_REFUSED) from e
+    except ValueError as e:  # e.g. a NUL byte in an argument or the environment
+        err(f"{prepared.program}: cannot execute: {e}")
+        raise _Exit(EXIT_REFUSED) from e

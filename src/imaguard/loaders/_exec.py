@@ -24,6 +24,7 @@ writer who changes or renames PROGRAM after the check changes nothing that runs.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -49,7 +50,7 @@ _log = logging.getLogger(__name__)
 
 LoaderMode = Literal["enforce", "log"]
 SHEBANG_MAX = 256  # BINPRM_BUF_SIZE (include/linux/binfmts.h)
-MAX_NESTING = 4  # BINPRM_MAX_RECURSION
+MAX_NESTING = 5  # scripts in a chain the kernel runs (BINPRM_MAX_RECURSION = 4 counts from 0)
 _PT_INTERP = 3
 
 
@@ -87,9 +88,12 @@ class PreparedExec:
         if pid == 0:  # pragma: no cover - the child execs or exits
             try:
                 self.exec(env)
-            except OSError as e:
-                os.write(2, f"imaguard exec: {self.program}: {e.strerror or e}\n".encode())
-            os._exit(126)
+            except BaseException as e:  # never return into the caller's code in the child
+                why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+                with contextlib.suppress(OSError):
+                    os.write(2, f"imaguard exec: {self.program}: {why}\n".encode())
+            finally:
+                os._exit(126)
         return pid
 
     def close(self) -> None:
@@ -156,11 +160,12 @@ def parse_shebang(data: bytes, name: str) -> tuple[str, str | None]:
         if len(data) > SHEBANG_MAX:
             raise ExecRefused(f"{name}: the #! line is longer than {SHEBANG_MAX} bytes")
         nl = len(head)
-    line = head[2:nl].replace(b"\t", b" ").strip(b" ")
+    line = head[2:nl].split(b"\0", 1)[0]  # the kernel's strings end at a NUL
+    line = line.strip(b" \t")
     if not line:
         raise ExecRefused(f"{name}: the #! line names no interpreter")
-    interp, _, arg = line.partition(b" ")
-    arg = arg.strip(b" ")
+    end = next((i for i, c in enumerate(line) if c in b" \t"), len(line))
+    interp, arg = line[:end], line[end:].lstrip(b" \t")  # tabs inside the argument stay
     return os.fsdecode(interp), (os.fsdecode(arg) if arg else None)
 
 
@@ -242,7 +247,7 @@ def _verify(
             vf.close()
             raise ExecRefused(message, verdict)
         prepared.failures.append(message)
-        _log.warning("exec (log mode): %s", message)
+        _log.info("exec (log mode): %s", message)
     prepared._files.append(vf)
     prepared.checked.append(verdict)
     if guard is not None:

@@ -296,7 +296,7 @@ class _Finder(importlib.abc.MetaPathFinder):
         spec = importlib.machinery.PathFinder.find_spec(fullname, path, target)
         if spec is None or spec.origin is None or not spec.has_location:
             return spec
-        if self.ig.exempt and os.path.realpath(spec.origin).startswith(self.ig.exempt):
+        if self.ig.exempt and _is_exempt(spec.origin, self.ig.exempt):
             return spec
         loader = spec.loader
         origin = spec.origin
@@ -315,10 +315,29 @@ class _Finder(importlib.abc.MetaPathFinder):
 
 
 def stdlib_paths() -> tuple[str, ...]:
-    """The interpreter's standard library directories (real paths, with a trailing /)."""
-    paths = sysconfig.get_paths()
+    """The interpreter's own standard library directories (real paths, trailing /).
+
+    Taken from the base installation (``sys.base_prefix``), never a virtual environment's
+    ``lib/pythonX.Y``, which holds ``site-packages``.
+    """
+    base = {
+        "base": sys.base_prefix,
+        "installed_base": sys.base_prefix,
+        "platbase": sys.base_exec_prefix,
+        "installed_platbase": sys.base_exec_prefix,
+    }
+    paths = sysconfig.get_paths(vars=base)
     out = {os.path.realpath(paths[k]) for k in ("stdlib", "platstdlib") if k in paths}
     return tuple(sorted(p.rstrip("/") + "/" for p in out))
+
+
+def _is_exempt(origin: str, exempt: tuple[str, ...]) -> bool:
+    """Under an exempt prefix, and not in any site-packages / dist-packages below it."""
+    real = os.path.realpath(origin)
+    if not real.startswith(exempt):
+        return False
+    parts = real.split(os.sep)
+    return "site-packages" not in parts and "dist-packages" not in parts
 
 
 def install_import_guard(

@@ -21,7 +21,7 @@ class VerifiedReader(io.BufferedReader):
 
     @property
     def path(self) -> str:
-        """The file that was verified (``name`` is the memfd's ``/proc/self/fd/N``)."""
+        """The file that was verified (``name`` is the memfd's descriptor number)."""
         return self.name_
 
 

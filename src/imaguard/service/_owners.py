@@ -32,6 +32,7 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
+from imaguard.errors import BackendError
 from imaguard.service._config import ConfigError
 
 __all__ = ["Owner", "Peer", "PeerGoneError", "identify", "load_owners", "owners_for", "parse_owner"]
@@ -41,7 +42,7 @@ _OWNER_KEYS = {"name", "uids", "gids", "units", "exes", "keyring", "digestlists"
 _UNIT_SUFFIXES = (".service", ".scope", ".socket", ".timer", ".mount", ".slice")
 
 
-class PeerGoneError(Exception):
+class PeerGoneError(BackendError):
     """The peer's process exited before it could be identified safely."""
 
 

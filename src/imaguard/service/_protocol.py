@@ -17,7 +17,7 @@ import struct
 import time
 from typing import Any
 
-from imaguard.errors import FormatError
+from imaguard.errors import BackendError, FormatError
 
 __all__ = [
     "ERROR_CODES",
@@ -75,7 +75,7 @@ class ProtocolError(FormatError):
         self.message = message
 
 
-class Closed(Exception):  # noqa: N818 - a signal, not an error: the peer hung up cleanly
+class Closed(BackendError):  # noqa: N818 - reads as what happened
     """The peer closed the connection between frames."""
 
 
