@@ -323,11 +323,12 @@ def test_two_owners_neither_can_touch_the_others_policy(service: Service) -> Non
 
     refusals = [r for r in s.policy_changes() if r["result"] == "refused"]
     assert [(r["op"], r["error"], r["peer"]["uid"], r["owner"]) for r in refusals] == [
-        ("replace", "permission-denied", UID_B, None),
-        ("replace", "permission-denied", UID_B, None),
-        ("append", "permission-denied", UID_B, None),
-        ("remove", "permission-denied", UID_B, None),
-        ("seal", "permission-denied", UID_B, None),
+        # the owner of the policy the refused request touched
+        ("replace", "permission-denied", UID_B, OWNER_A),
+        ("replace", "permission-denied", UID_B, OWNER_A),
+        ("append", "permission-denied", UID_B, OWNER_A),
+        ("remove", "permission-denied", UID_B, OWNER_A),
+        ("seal", "permission-denied", UID_B, OWNER_A),
     ]
 
 
