@@ -22,6 +22,7 @@ SUBPACKAGES = (
     "imaguard.enforce",
     "imaguard.service",
     "imaguard.loaders",
+    "imaguard.digestlists",
 )
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -79,6 +79,14 @@ COMMANDS: dict[str, Verb] = {
         "imaguard.cli._ctl:ctl",
         "Talk to the daemon's policy service: policies, owners, decisions, direct calls.",
     ),
+    "digestlist": Verb(
+        "imaguard.cli._digestlist:digestlist",
+        "Make, sign, verify and show digest lists; load them into the daemon's trust database.",
+    ),
+    "trust": Verb(
+        "imaguard.cli._digestlist:trust",
+        "Ask which digest lists vouch for a file's content or a digest.",
+    ),
     # Old spellings, kept working but not listed.
     "info": Verb(f"{_FILES}:show", "", hidden=True),
 }

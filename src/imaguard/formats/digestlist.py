@@ -31,6 +31,7 @@ body, an unknown algorithm or flag, and a newer version, each with one FormatErr
 from __future__ import annotations
 
 import struct
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from imaguard.errors import FormatError, TruncatedError
@@ -89,7 +90,7 @@ class DigestList:
     def build(
         cls,
         algorithm: str | HashAlgo,
-        entries: dict[bytes, str | None] | list[tuple[bytes, str | None]],
+        entries: Mapping[bytes, str | None] | Sequence[tuple[bytes, str | None]],
         *,
         created: int = 0,
         source: str = "",
@@ -97,7 +98,7 @@ class DigestList:
     ) -> DigestList:
         """A list from (digest, path) entries in any order; duplicates keep the first path."""
         algo = algorithm if isinstance(algorithm, HashAlgo) else by_name(algorithm)
-        items = entries.items() if isinstance(entries, dict) else entries
+        items = entries.items() if isinstance(entries, Mapping) else entries
         merged: dict[bytes, str | None] = {}
         for digest, path in items:
             merged.setdefault(bytes(digest), path)

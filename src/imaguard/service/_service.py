@@ -145,7 +145,7 @@ class Service:
         if op in _CHANGES:
             return Reply(self.policy_service.change(peer, op, request))
         if op in _TRUST_CHANGES:
-            return Reply(self.trust_service.change(peer, op, request))
+            return Reply(self.trust_service.change(peer, op, request, fds))
         if op == "decisions":
             return self._decisions(peer, request)
         ps = self.policy_service

@@ -31,7 +31,8 @@ __all__ = ["TrustService"]
 
 _log = logging.getLogger(__name__)
 
-MAX_LIST = 768 << 10  # a list sent over the socket (a frame is 1 MiB, base64 grows it 4/3)
+MAX_LIST = 768 << 10  # a list sent inline (a frame is 1 MiB, base64 grows it 4/3)
+MAX_LIST_FD = 1 << 30  # a list passed as a descriptor
 
 
 class TrustService:
@@ -113,14 +114,16 @@ class TrustService:
         }
 
     # -- changing --------------------------------------------------------------------------
-    def change(self, peer: Peer, op: str, req: dict[str, Any]) -> dict[str, Any]:
+    def change(
+        self, peer: Peer, op: str, req: dict[str, Any], fds: list[int] | None = None
+    ) -> dict[str, Any]:
         owner: str | None = None
         name = req.get("name") if op == "digestlist_add" else req.get("which")
         with self._policies.lock, self.lock:
             try:
                 owner = self._authorise(peer, op)
                 if op == "digestlist_add":
-                    result, data = self._add(req)
+                    result, data = self._add(req, fds or [])
                     label = result["name"]
                 else:
                     result, data = self._remove(req)
@@ -135,21 +138,31 @@ class TrustService:
             self._audit(peer, op, name, owner, error=None, result=result)
             return result
 
-    def _add(self, req: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
+    def _add(self, req: dict[str, Any], fds: list[int]) -> tuple[dict[str, Any], bytes]:
         raw, sig = req.get("data"), req.get("signature")
         name = req.get("name")
-        if not isinstance(raw, str) or (sig is not None and not isinstance(sig, str)):
+        if (raw is not None and not isinstance(raw, str)) or (
+            sig is not None and not isinstance(sig, str)
+        ):
             raise ProtocolError("bad-request", "data (and signature): base64 strings")
         if name is not None and not isinstance(name, str):
             raise ProtocolError("bad-request", "name: a string")
         try:
-            data = base64.b64decode(raw, validate=True)
             signature = base64.b64decode(sig, validate=True) if sig is not None else None
+            if raw is not None:
+                data = base64.b64decode(raw, validate=True)
+            elif fds:
+                data = _read_fd(fds[0])
+            else:
+                raise ProtocolError(
+                    "no-fd", "digestlist_add: send the list as data or pass its descriptor"
+                )
         except (binascii.Error, ValueError) as e:
             raise ProtocolError("bad-request", f"data: not base64 ({e})") from e
-        if len(data) > MAX_LIST:
+        if raw is not None and len(data) > MAX_LIST:
             raise ProtocolError(
-                "bad-request", f"data: a list over the socket is at most {MAX_LIST} bytes"
+                "bad-request",
+                f"data: a list sent inline is at most {MAX_LIST} bytes (pass its descriptor)",
             )
         trust = self._trust()
         try:
@@ -220,3 +233,29 @@ class TrustService:
             peer.pid,
             record["result"],
         )
+
+
+def _read_fd(fd: int) -> bytes:
+    """A passed list file's bytes (a regular file, at most MAX_LIST_FD)."""
+    import os
+    import stat
+
+    try:
+        st = os.fstat(fd)
+    except OSError as e:
+        raise ProtocolError("bad-request", f"the passed descriptor: {e.strerror}") from e
+    if not stat.S_ISREG(st.st_mode):
+        raise ProtocolError("bad-request", "the passed descriptor is not a regular file")
+    if st.st_size > MAX_LIST_FD:
+        raise ProtocolError("bad-request", f"a digest list is at most {MAX_LIST_FD} bytes")
+    chunks: list[bytes] = []
+    offset = 0
+    while True:
+        chunk = os.pread(fd, 1 << 20, offset)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        offset += len(chunk)
+        if offset > MAX_LIST_FD:
+            raise ProtocolError("bad-request", f"a digest list is at most {MAX_LIST_FD} bytes")
+    return b"".join(chunks)
