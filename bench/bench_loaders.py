@@ -6,7 +6,8 @@
    ``imaguard exec`` command (a Python process start on top) is reported too.
 2. Import guard: a cold ``import rich.console, rich.table, rich.markdown`` (a fresh
    interpreter each time, bytecode caches present and signed) timed inside the process,
-   under ``python -m imaguard.run`` against the same script run plainly. Target: <= x1.5.
+   under ``python -m imaguard.run`` against the same script run by a launcher that loads
+   the same imaguard modules and keyring first, without the guard. Target: <= x1.5.
 
 Run: ``.venv/bin/python bench/bench_loaders.py [--quick] [--json OUT]`` (as root: the
 signatures go to security.ima; needs gcc).
@@ -130,7 +131,14 @@ def bench_import(work: Path, key: imaguard.PrivateKey, rounds: int) -> dict[str,
         check=True,
         capture_output=True,
     )
-    plain_cmd = [sys.executable, str(script)]
+    # The plain run loads what imaguard.run loads before the script (imaguard, the keyring),
+    # so both imports start from the same modules already in memory.
+    launcher = (
+        "import runpy, sys, imaguard.loaders, imaguard.crypto; "
+        f"imaguard.crypto.Keyring.load({str(work / 'ring')!r}); "
+        f"runpy.run_path({str(script)!r}, run_name='__main__')"
+    )
+    plain_cmd = [sys.executable, "-c", launcher]
     guard_cmd = [sys.executable, "-m", "imaguard.run", "--keyring", str(work / "ring"), str(script)]
     for cmd in (plain_cmd, guard_cmd):
         _import_us(cmd, env)

@@ -100,7 +100,15 @@ class ImportGuard:
         """While the guard itself works, its own imports take the usual finders."""
         return _Busy(self._local)
 
-    def _read_value(self, path: str) -> tuple[bytes, bytes | None, Verdict]:
+    def read_signed(self, path: str) -> tuple[bytes, bytes | None, Verdict] | None:
+        """As :meth:`read_value`, but None (nothing read) when the file is missing or has
+        nothing stored: a cached ``.pyc`` nobody signed is passed over, not refused."""
+        with self.busy():
+            return self._read_value(path, only_stored=True)
+
+    def _read_value(
+        self, path: str, *, only_stored: bool = False
+    ) -> tuple[bytes, bytes | None, Verdict] | Any:
         try:
             with open_target(path) as ref:
                 try:
@@ -110,10 +118,14 @@ class ImportGuard:
                     err: str | None = str(e)
                 else:
                     err = None
+                if only_stored and value is None:
+                    return None
                 if ref.st.st_size > MAX_MODULE:
                     raise ImportError(f"{path}: larger than {MAX_MODULE} bytes", path=path)
                 data = _read_all(ref.fd, ref.st.st_size)
         except Error as e:
+            if only_stored:
+                return None
             raise ImportError(f"{path}: {e}", path=path) from e
         if err is not None:
             return data, None, Verdict(path, _status("unknown"), "store", detail=err)
@@ -210,9 +222,10 @@ class _SourceLoader(importlib.abc.Loader):
             cached = importlib.util.cache_from_source(self.path)
         except (NotImplementedError, ValueError):
             return None
-        if not os.path.exists(cached) or not self.ig.stored(cached):
+        found = self.ig.read_signed(cached)  # one open: the value, then the bytes
+        if found is None:
             return None  # no .pyc, or one nobody signed: use the verified source
-        data, value, verdict = self.ig.read_value(cached)
+        data, value, verdict = found
         self.ig.judge(cached, data, verdict, value)  # a signed .pyc that fails: refused
         try:
             st = os.stat(self.path)
