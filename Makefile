@@ -74,6 +74,7 @@ bench: deps $(STAMP) $(TPM_STAMP) $(KEYLIME_STAMP)
 	bash scripts/install-fapolicyd.sh
 	$(PY) bench/bench_daemon.py --json bench/out/daemon.json
 	$(PY) bench/bench_loaders.py --json bench/out/loaders.json
+	$(PY) bench/bench_digestlists.py --json bench/out/digestlists.json
 
 clean:
 	rm -rf $(VENV) $(KEYLIME_VENV) .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.* build dist src/*.egg-info demo-tree
