@@ -322,6 +322,14 @@ _NOT_CHECKED = (
     type=click.Path(dir_okay=False),
     help="Keylime runtime policy JSON.",
 )
+@click.option(
+    "--digestlist",
+    "digestlist_files",
+    multiple=True,
+    type=click.Path(dir_okay=False),
+    help="A digest list the verifier trusts (with --runtime-policy): its measured entry "
+    "must match it, and the files it holds count as allowed; repeatable.",
+)
 @keyring_option("Certificates for ima-sig signatures.")
 @click.option(
     "--prefix-ok", is_flag=True, help="Accept PCRs that match a prefix of the log (as Keylime)."
@@ -336,6 +344,7 @@ def log_verify(
     pcr_specs: tuple[str, ...],
     tpm: str | None,
     runtime_policy: str | None,
+    digestlist_files: tuple[str, ...],
     keyrings: tuple[str, ...],
     prefix_ok: bool,
     ignore_violations: bool,
@@ -384,6 +393,20 @@ def log_verify(
     if runtime_policy is not None:
         policy = RuntimePolicy.parse(read_file(runtime_policy))
     ring = imaguard.Keyring.load(*keyrings) if keyrings else None
+    lists = []
+    for path in digestlist_files:
+        import hashlib
+
+        from imaguard.errors import FormatError
+        from imaguard.formats import digestlist as dlformat
+
+        raw = read_file(path)
+        try:
+            lists.append((hashlib.sha256(raw).digest(), dlformat.parse(raw)))
+        except FormatError as e:
+            raise click.UsageError(f"{path}: not a digest list: {e}") from e
+    if lists and policy is None:
+        raise click.UsageError("--digestlist needs --runtime-policy (the rest of what may run)")
     result = verify_records(
         records,
         digest_bank=digest_bank,
@@ -394,6 +417,7 @@ def log_verify(
         runtime_policy=policy,
         ignore_violations=ignore_violations,
         parse_error=problem,
+        digest_lists=lists,
     )
     checked = bool(expected)
     if as_json:

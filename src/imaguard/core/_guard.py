@@ -94,6 +94,7 @@ class Guard:
         use_cache: bool = True,
         evm: EvmConfig | None = None,
         trust: TrustDB | None = None,
+        measure_listed: bool = True,
     ) -> None:
         if mode not in MODES:
             raise UsageError(f"unknown appraisal mode {mode!r} ({', '.join(MODES)})")
@@ -121,6 +122,7 @@ class Guard:
         )
         self.evm = evm
         self.trust = trust
+        self.measure_listed = measure_listed
         self._paths = policies.uses_paths
         self.cache = IntegrityCache(
             self._epoch(), self.state / "cache.json" if self.state is not None else None
@@ -492,6 +494,18 @@ class Guard:
             entry.values[slot] = raw
         return verdict, False
 
+    def _vouching_list(self, hasher: Any) -> Any:
+        assert self.trust is not None
+        for algo_name in self.trust.algorithms():
+            try:
+                digest = hasher(hashalgo.by_name(algo_name))
+            except Error:
+                return None
+            info = self.trust.vouches(digest.value, algo_name)
+            if info is not None:
+                return info
+        return None
+
     def _listed(self, name: str, safe_hasher: Any, algos: frozenset[str] | None) -> Verdict | None:
         """A pass when a signed digest list in the trust database vouches for the content."""
         assert self.trust is not None
@@ -549,6 +563,18 @@ class Guard:
         store_error: list[StoreError],
     ) -> ActionResult:
         p = _first(sd, "measure")
+        if not self.measure_listed and self.trust is not None:
+            info = self._vouching_list(hasher)
+            if info is not None:
+                return ActionResult(
+                    True,
+                    Outcome.PASSED,
+                    None,
+                    p.policy,
+                    p.line,
+                    f"not measured: digest list {info.name} vouches for it "
+                    "(its measurement stands for the file)",
+                )
         try:
             for target in sd.measure_targets:
                 key = (target.pcr, target.template)

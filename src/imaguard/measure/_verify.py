@@ -24,7 +24,7 @@ hashed in that bank's algorithm, or 0xFF bytes for a violation).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +36,7 @@ from imaguard.crypto._keys import (
     verify_prehashed,
 )
 from imaguard.errors import FormatError, KeyLoadError, UnsupportedAlgorithmError
+from imaguard.formats.digestlist import DigestList
 from imaguard.formats.hashalgo import by_id, by_name
 from imaguard.formats.keylime import RuntimePolicy
 from imaguard.formats.measurelist import RawRecord, iter_ascii, iter_binary, split_fields
@@ -157,8 +158,17 @@ def verify_records(
     runtime_policy: RuntimePolicy | None = None,
     ignore_violations: bool = False,
     parse_error: Finding | None = None,
+    digest_lists: Sequence[tuple[bytes, DigestList]] = (),
 ) -> VerifyResult:
-    """Replay ``records`` and judge them (see the module doc for the findings)."""
+    """Replay ``records`` and judge them (see the module doc for the findings).
+
+    ``digest_lists``: (SHA-256 of the list file, the list) of the signed digest lists the
+    verifier trusts. Judged against a runtime policy, an ``imaguard:digestlist:NAME:add``
+    entry must carry the digest of one of these files, and a file entry whose digest one
+    of them holds is accepted as the runtime policy would accept it (a daemon with
+    ``measure_listed = false`` measures the list once instead of each file it vouches for).
+    """
+    list_files = {d.hex() for d, _ in digest_lists}
     replay = Replay(banks, digest_bank=digest_bank, expected=expected)
     banks = replay.banks
     findings: list[Finding] = []
@@ -216,12 +226,25 @@ def verify_records(
             ):
                 # The common case inline: an ima-ng entry against the runtime policy.
                 path = nm.decode("utf-8", "surrogateescape")
-                if excl is None or not excl.match(path):
+                if digest_lists and _listed(
+                    path, rec.file_digest, list_files, digest_lists, rec.index, findings
+                ):
+                    pass
+                elif excl is None or not excl.match(path):
                     _check_file_digest(
                         fast_digests, path, rec.file_digest[1].hex(), rec.index, findings
                     )
             else:
-                _judge(rec, descs, keys, keyring is not None, runtime_policy, excl, findings)
+                _judge(
+                    rec,
+                    descs,
+                    keys,
+                    keyring is not None,
+                    runtime_policy,
+                    excl,
+                    findings,
+                    (list_files, digest_lists),
+                )
     if parse_error is not None:
         findings.append(parse_error)
     notes: list[str] = []
@@ -261,6 +284,7 @@ def _judge(
     policy: RuntimePolicy | None,
     excl: Any,
     findings: list[Finding],
+    lists: tuple[set[str], Sequence[tuple[bytes, DigestList]]] = (set(), ()),
 ) -> None:
     if rec.name is not None and rec.file_digest is not None:
         # Fast path: the ASCII reader already split out the name, digest and signature.
@@ -298,6 +322,8 @@ def _judge(
         signed_ok = _check_signature(rec, path, algo.id, digest, sig, keys, strict_sigs, findings)
     if policy is None:
         return
+    if lists[1] and _listed(path, (algo.name, digest), lists[0], lists[1], rec.index, findings):
+        return
     if excl is not None and excl.match(path):
         return
     if signed_ok:
@@ -334,6 +360,34 @@ def _judge(
             )
         return
     _check_file_digest(policy.digests, path, hexd, rec.index, findings)
+
+
+LIST_ENTRY = "imaguard:digestlist:"
+
+
+def _listed(
+    path: str,
+    file_digest: tuple[str, bytes],
+    list_files: set[str],
+    digest_lists: Sequence[tuple[bytes, DigestList]],
+    index: int,
+    findings: list[Finding],
+) -> bool:
+    """True when the entry is judged here: a digest list's own entry, or a listed file."""
+    algo, digest = file_digest
+    if path.startswith(LIST_ENTRY):
+        if path.endswith(":add") and not (algo == "sha256" and digest.hex() in list_files):
+            findings.append(
+                Finding(
+                    "not-in-policy",
+                    f"{path}: the digest list measured ({digest.hex()}) is none of the lists "
+                    "given (--digestlist)",
+                    index,
+                    path,
+                )
+            )
+        return True
+    return any(dl.algorithm.name == algo and digest in dl for _, dl in digest_lists)
 
 
 def _check_file_digest(

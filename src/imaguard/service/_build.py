@@ -109,7 +109,16 @@ def build_guard(cfg: Config, *, open_log: bool = True) -> Guard:
         audit.close()
         raise ConfigError(cfg.source, "trust", f"{cfg.trust_dir}: {e}") from e
     try:
-        guard = Guard(pset, ring, state=state, mode=mode, audit=audit, tpm=cfg.tpm, trust=trust)
+        guard = Guard(
+            pset,
+            ring,
+            state=state,
+            mode=mode,
+            audit=audit,
+            tpm=cfg.tpm,
+            trust=trust,
+            measure_listed=cfg.measure_listed,
+        )
     except Error as e:
         audit.close()
         raise ConfigError(cfg.source, "state", str(e)) from e

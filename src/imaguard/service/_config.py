@@ -104,6 +104,7 @@ class Config:
     max_clients: int = 64
     digestlist_keyrings: tuple[str, ...] = ()
     trust: str | None = None
+    measure_listed: bool = True
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     @property
@@ -148,6 +149,7 @@ _TOP_KEYS = {
     "max_clients",
     "digestlist_keyrings",
     "trust",
+    "measure_listed",
 }
 _POLICY_KEYS = {"name", "owner", "file", "builtin", "rules", "lock"}
 _DEFAULTS: dict[str, Any] = {
@@ -282,6 +284,7 @@ def _from_document(doc: dict[str, Any], r: _Reader) -> Config:
         for i, p in enumerate(r.strings("digestlist_keyrings", doc.get("digestlist_keyrings", [])))
     )
     trust = r.path("trust", r.string("trust", doc["trust"])) if "trust" in doc else None
+    measure_listed = r.boolean("measure_listed", doc.get("measure_listed", True))
     return Config(
         source=r.source,
         mode=mode,
@@ -305,6 +308,7 @@ def _from_document(doc: dict[str, Any], r: _Reader) -> Config:
         max_clients=max_clients,
         digestlist_keyrings=digestlist_keyrings,
         trust=trust,
+        measure_listed=measure_listed,
     )
 
 
