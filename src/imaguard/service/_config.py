@@ -102,6 +102,7 @@ class Config:
     socket_mode: int = 0o666
     read_access: str = "everyone"
     max_clients: int = 64
+    max_clients_per_uid: int | None = None
     digestlist_keyrings: tuple[str, ...] = ()
     trust: str | None = None
     measure_listed: bool = True
@@ -147,6 +148,7 @@ _TOP_KEYS = {
     "socket_mode",
     "read_access",
     "max_clients",
+    "max_clients_per_uid",
     "digestlist_keyrings",
     "trust",
     "measure_listed",
@@ -279,6 +281,11 @@ def _from_document(doc: dict[str, Any], r: _Reader) -> Config:
     if read_access not in READ_ACCESS:
         raise r.fail("read_access", f"must be one of {', '.join(READ_ACCESS)}, not {read_access!r}")
     max_clients = r.integer("max_clients", doc.get("max_clients", 64), 1, 4096)
+    per_uid = (
+        r.integer("max_clients_per_uid", doc["max_clients_per_uid"], 1, max_clients)
+        if "max_clients_per_uid" in doc
+        else None
+    )
     digestlist_keyrings = tuple(
         r.path(f"digestlist_keyrings[{i}]", p)
         for i, p in enumerate(r.strings("digestlist_keyrings", doc.get("digestlist_keyrings", [])))
@@ -306,6 +313,7 @@ def _from_document(doc: dict[str, Any], r: _Reader) -> Config:
         socket_mode=socket_mode,
         read_access=read_access,
         max_clients=max_clients,
+        max_clients_per_uid=per_uid,
         digestlist_keyrings=digestlist_keyrings,
         trust=trust,
         measure_listed=measure_listed,

@@ -21,6 +21,7 @@ from imaguard.errors import BackendError, FormatError
 
 __all__ = [
     "ERROR_CODES",
+    "FIRST_FRAME_TIMEOUT",
     "FRAME_TIMEOUT",
     "IDLE_TIMEOUT",
     "MAX_FRAME",
@@ -37,6 +38,7 @@ VERSION = 1
 MAX_FRAME = 1 << 20
 FRAME_TIMEOUT = 5.0
 IDLE_TIMEOUT = 60.0
+FIRST_FRAME_TIMEOUT = 10.0  # a connection must ask something within 10 s of connecting
 _HEADER = struct.Struct(">I")
 MAX_FDS = 4  # more than one is closed unread; room for a few so none leaks in the kernel
 

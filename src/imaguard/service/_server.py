@@ -15,6 +15,7 @@ import logging
 import os
 import select
 import socket
+import struct
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from typing import Any
 from imaguard.service._owners import Peer, identify
 from imaguard.service._protocol import (
     FATAL,
+    FIRST_FRAME_TIMEOUT,
     FRAME_TIMEOUT,
     IDLE_TIMEOUT,
     VERSION,
@@ -59,8 +61,10 @@ class ControlServer:
         *,
         mode: int = 0o600,
         max_clients: int = 64,
+        max_per_uid: int | None = None,
         idle_timeout: float = IDLE_TIMEOUT,
         frame_timeout: float = FRAME_TIMEOUT,
+        first_frame_timeout: float = FIRST_FRAME_TIMEOUT,
     ) -> None:
         self.path = path
         self._handler = handler
@@ -85,6 +89,11 @@ class ControlServer:
         self._stop = threading.Event()
         self._slots = threading.BoundedSemaphore(max_clients)
         self.max_clients = max_clients
+        # one user cannot take every slot: the others keep theirs
+        self.max_per_uid = max_per_uid if max_per_uid is not None else max(4, max_clients // 4)
+        self.first_frame_timeout = min(first_frame_timeout, idle_timeout)
+        self._per_uid: dict[int, int] = {}
+        self._count_lock = threading.Lock()
         self._thread = threading.Thread(target=self._serve, name="imaguard-control", daemon=True)
 
     def start(self) -> None:
@@ -100,26 +109,31 @@ class ControlServer:
                 if self._stop.is_set():
                     return
                 continue
-            if not self._slots.acquire(blocking=False):
-                threading.Thread(target=self._busy, args=(conn,), daemon=True).start()
-                continue
-            threading.Thread(target=self._client, args=(conn,), daemon=True).start()
+            uid = _peer_uid(conn)
+            with self._count_lock:
+                mine = self._per_uid.get(uid, 0)
+                if mine >= self.max_per_uid:
+                    self._busy(
+                        conn,
+                        f"uid {uid} has {mine} connections open "
+                        f"(at most {self.max_per_uid} a user)",
+                    )
+                    continue
+                if not self._slots.acquire(blocking=False):
+                    self._busy(conn, f"{self.max_clients} clients are being served; try again")
+                    continue
+                self._per_uid[uid] = mine + 1
+            threading.Thread(target=self._client, args=(conn, uid), daemon=True).start()
 
-    def _busy(self, conn: socket.socket) -> None:
+    @staticmethod
+    def _busy(conn: socket.socket, message: str) -> None:
+        """Answer ``busy`` without waiting for the client (its buffer is empty) and close."""
         with conn:
-            conn.settimeout(1.0)
+            conn.setblocking(False)
             with contextlib.suppress(OSError, ProtocolError):
-                send_frame(
-                    conn,
-                    _error(
-                        None,
-                        ProtocolError(
-                            "busy", f"{self.max_clients} clients are being served; try again"
-                        ),
-                    ),
-                )
+                send_frame(conn, _error(None, ProtocolError("busy", message)))
 
-    def _client(self, conn: socket.socket) -> None:
+    def _client(self, conn: socket.socket, uid: int) -> None:
         peer: Peer | None = None
         try:
             with conn:
@@ -132,14 +146,20 @@ class ControlServer:
         finally:
             if peer is not None:
                 peer.close()
+            with self._count_lock:
+                left = self._per_uid.get(uid, 1) - 1
+                if left > 0:
+                    self._per_uid[uid] = left
+                else:
+                    self._per_uid.pop(uid, None)
             self._slots.release()
 
     def _serve_peer(self, conn: socket.socket, peer: Peer) -> None:
+        idle = self.first_frame_timeout  # a connection that never asks anything goes soon
         while not self._stop.is_set():
             try:
-                request, fds = recv_frame(
-                    conn, idle=self.idle_timeout, frame_timeout=self.frame_timeout
-                )
+                request, fds = recv_frame(conn, idle=idle, frame_timeout=self.frame_timeout)
+                idle = self.idle_timeout
             except (Closed, TimeoutError):
                 return
             except ProtocolError as e:
@@ -219,6 +239,14 @@ def _error(rid: Any, e: ProtocolError) -> dict[str, Any]:
     if rid is not None:
         answer["id"] = rid
     return answer
+
+
+def _peer_uid(conn: socket.socket) -> int:
+    try:
+        creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except OSError:
+        return -1
+    return int(struct.unpack("3i", creds)[1])
 
 
 def _hung_up(conn: socket.socket) -> bool:

@@ -122,7 +122,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         enforcer.on_decision = service.on_decision
         server = ControlServer(
-            cfg.socket, service.handle, mode=cfg.socket_mode, max_clients=cfg.max_clients
+            cfg.socket,
+            service.handle,
+            mode=cfg.socket_mode,
+            max_clients=cfg.max_clients,
+            max_per_uid=cfg.max_clients_per_uid,
         )
     except (Error, OSError) as e:
         _log.error("%s", e)
