@@ -15,6 +15,7 @@ import base64
 import contextlib
 import os
 import socket
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -66,7 +67,15 @@ class Client:
             s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
             s.settimeout(self.timeout)
             try:
-                s.connect(self.path)
+                deadline = time.monotonic() + min(self.timeout, 2.0)
+                while True:
+                    try:
+                        s.connect(self.path)
+                        break
+                    except BlockingIOError:  # the daemon's backlog is full for a moment
+                        if time.monotonic() > deadline:
+                            raise
+                        time.sleep(0.01)
             except OSError as e:
                 s.close()
                 raise BackendError(

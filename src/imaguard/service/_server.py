@@ -37,6 +37,8 @@ from imaguard.service._protocol import (
 
 __all__ = ["ControlServer", "Reply"]
 
+LISTEN_BACKLOG = 512
+
 _log = logging.getLogger(__name__)
 
 
@@ -84,7 +86,7 @@ class ControlServer:
         finally:
             os.umask(old)
         os.chmod(path, mode)
-        self._sock.listen(min(max_clients, 128))
+        self._sock.listen(LISTEN_BACKLOG)  # bursts wait to be accepted (and told busy)
         self._sock.settimeout(0.5)
         self._stop = threading.Event()
         self._slots = threading.BoundedSemaphore(max_clients)
