@@ -3,8 +3,11 @@
 #   ima-evm-utils (evmctl), openssl, attr (getfattr/setfattr), xxd, fsverity - independent oracles
 #   swtpm, swtpm-tools, tpm2-tools, tss2                             - a software TPM and its tools
 #   libtss2-dev, pkg-config, gcc                                     - to build tpm2-pytss
+#   softhsm2, p11-kit-modules (p11-kit-proxy.so, the default module)  - a software
+#   PKCS#11 token for the token-key tests; libengine-pkcs11-openssl for evmctl --engine pkcs11
 set -euo pipefail
-pkgs=(ima-evm-utils attr openssl xxd fsverity swtpm swtpm-tools tpm2-tools tss2 libtss2-dev pkg-config gcc)
+pkgs=(ima-evm-utils attr openssl xxd fsverity swtpm swtpm-tools tpm2-tools tss2 libtss2-dev pkg-config gcc
+      softhsm2 p11-kit-modules libengine-pkcs11-openssl)
 need=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")

@@ -19,6 +19,7 @@ either tool made.
 
 from __future__ import annotations
 
+import abc
 import hashlib
 import os
 from collections.abc import Iterable
@@ -40,6 +41,7 @@ from imaguard.formats.hashalgo import HashAlgo
 
 __all__ = [
     "Certificate",
+    "PrehashedSigner",
     "PrivateKey",
     "PublicKey",
     "key_id_from_public_key",
@@ -233,6 +235,19 @@ class Certificate:
         return self.x509.public_bytes(serialization.Encoding.PEM)
 
 
+class PrehashedSigner(abc.ABC):
+    """A private key that signs a prehashed digest itself (a key on a PKCS#11 token).
+
+    ``cryptography``'s interfaces hand a key only a ``Prehashed`` wrapper, which does not
+    say which algorithm the digest is of; a token key needs the name to build the RSA
+    DigestInfo, so :meth:`PrivateKey.sign_digest` calls :meth:`sign_prehashed` instead.
+    """
+
+    @abc.abstractmethod
+    def sign_prehashed(self, hash_name: str, digest: bytes) -> bytes:
+        """Sign ``digest`` (of ``hash_name``): RSA PKCS#1 v1.5 or DER-encoded ECDSA."""
+
+
 @dataclass(frozen=True, eq=False)
 class PrivateKey:
     """A signing key (RSA 2048-4096 or ECDSA P-256/P-384) and the key id it signs with."""
@@ -281,6 +296,8 @@ class PrivateKey:
                 f"{algorithm.name} digest must be {algorithm.digest_size} bytes, got {len(digest)}"
             )
         prehashed = utils.Prehashed(_crypto_hash(algorithm))
+        if isinstance(self.key, PrehashedSigner):
+            return self.key.sign_prehashed(algorithm.name, digest)
         try:
             if isinstance(self.key, rsa.RSAPrivateKey):
                 return self.key.sign(digest, padding.PKCS1v15(), prehashed)
