@@ -26,6 +26,8 @@ from imaguard.cli._options import (
     json_option,
     keyring_option,
     load_keyring,
+    load_signing_key,
+    signing_key_options,
 )
 from imaguard.errors import FileError, FormatError, UsageError, VerificationError
 
@@ -214,14 +216,7 @@ def make(
 
 # -- sign -----------------------------------------------------------------------------------
 @digestlist.command()
-@click.option(
-    "-k",
-    "--key",
-    "key_path",
-    required=True,
-    type=click.Path(dir_okay=False),
-    help="Private key (PEM or DER).",
-)
+@signing_key_options(help="Private key: a PEM or DER file, or a pkcs11: URI (a token key).")
 @click.option(
     "-p",
     "--pass",
@@ -235,18 +230,22 @@ def make(
 )
 @click.argument("lists", nargs=-1, required=True, type=click.Path(dir_okay=False))
 def sign(
-    key_path: str, password: str | None, algorithm: str, detached: bool, lists: tuple[str, ...]
+    key_path: str,
+    pkcs11_module: str | None,
+    password: str | None,
+    algorithm: str,
+    detached: bool,
+    lists: tuple[str, ...],
 ) -> None:
     """Sign digest lists: append a signature to each (or write LIST.sig with --detached).
 
     A list that is already signed is signed afresh (its old appended signature is
     replaced). The list is rewritten atomically: readers see the old file or the new one.
     """
-    import imaguard
     from imaguard import digestlists
     from imaguard.formats import digestlist as dlformat
 
-    key = imaguard.load_private_key(key_path, password)
+    key = load_signing_key(key_path, password, pkcs11_module)
     for path in lists:
         data, _ = digestlists.read_list(path)
         if detached and data.endswith(dlformat.SIGNATURE_MAGIC):

@@ -8,7 +8,14 @@ import click
 
 import imaguard
 from imaguard.cli._common import EXIT_ERROR, EXIT_FAILED, EXIT_OK, _Exit, err, read_file
-from imaguard.cli._options import algorithm_option, cert_option, json_option, keyring_option
+from imaguard.cli._options import (
+    algorithm_option,
+    cert_option,
+    json_option,
+    keyring_option,
+    load_signing_key,
+    signing_key_options,
+)
 from imaguard.errors import Error
 
 
@@ -35,13 +42,8 @@ _UUID = click.option(
 
 
 @evm.command("sign")
-@click.option(
-    "-k",
-    "--key",
-    "key_path",
-    default=None,
-    type=click.Path(dir_okay=False),
-    help="Private key: write a signature.",
+@signing_key_options(
+    required=False, help="Private key (a file or a pkcs11: URI): write a signature."
 )
 @click.option(
     "--hmac-key",
@@ -62,6 +64,7 @@ _UUID = click.option(
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 def evm_sign(
     key_path: str | None,
+    pkcs11_module: str | None,
     hmac_key: str | None,
     portable: bool,
     fs_uuid: str | None,
@@ -75,7 +78,7 @@ def evm_sign(
 
     if (key_path is None) == (hmac_key is None):
         raise click.UsageError("give --key KEY (signature) or --hmac-key FILE (HMAC)")
-    key = imaguard.load_private_key(key_path, password) if key_path else None
+    key = load_signing_key(key_path, password, pkcs11_module) if key_path else None
     secret = _read_key_file(hmac_key) if hmac_key else None
     code = EXIT_OK
     for path in paths:

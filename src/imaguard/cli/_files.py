@@ -16,7 +16,9 @@ from imaguard.cli._options import (
     json_option,
     keyring_option,
     load_keyring,
+    load_signing_key,
     resolve_store,
+    signing_key_options,
     store_options,
     walk_options,
 )
@@ -28,14 +30,7 @@ _VERDICT_KEYS = tuple(Verdict("", Status.UNKNOWN).to_dict())
 
 
 @click.command()
-@click.option(
-    "-k",
-    "--key",
-    "key_path",
-    required=True,
-    type=click.Path(dir_okay=False),
-    help="Private key (PEM or DER).",
-)
+@signing_key_options(help="Private key: a PEM or DER file, or a pkcs11: URI (a token key).")
 @click.option(
     "--cert",
     "cert_path",
@@ -63,6 +58,7 @@ def sign(
     key_path: str,
     cert_path: str | None,
     password: str | None,
+    pkcs11_module: str | None,
     algorithm: str,
     store: str | None,
     xattr_user: bool,
@@ -74,9 +70,7 @@ def sign(
 ) -> None:
     """Sign files: write a v2 signature (type 0x03) of their content (or v3 with --sigv3)."""
     st = resolve_store(store, xattr_user)
-    key = imaguard.load_private_key(key_path, password)
-    if cert_path is not None:
-        key = key.with_certificate(imaguard.load_certificates(cert_path)[0])
+    key = load_signing_key(key_path, password, pkcs11_module, cert_path)
     algo = hashalgo.by_name(algorithm)
     verbose = ctx.obj["verbose"] > 0
 

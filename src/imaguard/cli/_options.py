@@ -180,3 +180,49 @@ def check_hook(hook: str | None, policy_mode: str, old_func: str | None = None) 
         return hook_name(str(given), policy_mode)  # type: ignore[arg-type]
     except UsageError as e:
         raise click.BadParameter(str(e), param_hint="--hook") from None
+
+
+def signing_key_options(
+    *, required: bool = True, help: str = "Private key: a PEM or DER file, or a pkcs11: URI."
+) -> Callable[[F], F]:
+    """``-k/--key KEY`` (a key file or an RFC 7512 ``pkcs11:`` URI) and ``--pkcs11-module``."""
+
+    def decorate(f: F) -> F:
+        f = click.option(
+            "--pkcs11-module",
+            default=None,
+            metavar="PATH",
+            help="PKCS#11 module for a pkcs11: key [default: $IMAGUARD_PKCS11_MODULE, else "
+            "p11-kit's proxy].",
+        )(f)
+        return click.option(
+            "-k",
+            "--key",
+            "key_path",
+            required=required,
+            default=None,
+            metavar="KEY",
+            help=help,
+        )(f)
+
+    return decorate
+
+
+def _prompt_pin(token: str) -> str:
+    return str(click.prompt(f"PIN for token {token}", hide_input=True, err=True))
+
+
+def load_signing_key(
+    key: str, password: str | None, pkcs11_module: str | None, cert: str | None = None
+) -> Any:
+    """The :class:`imaguard.PrivateKey` ``--key`` names: a file, or a key on a token.
+
+    A token's PIN comes from the URI's pin-value, ``IMAGUARD_PKCS11_PIN``, or a prompt
+    when standard input is a terminal.
+    """
+    import sys
+
+    from imaguard.crypto import load_signing_key as load
+
+    prompt = _prompt_pin if sys.stdin is not None and sys.stdin.isatty() else None
+    return load(key, password, pkcs11_module=pkcs11_module, pin_prompt=prompt, certificate=cert)
