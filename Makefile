@@ -75,6 +75,7 @@ bench: deps $(STAMP) $(TPM_STAMP) $(KEYLIME_STAMP)
 	$(PY) bench/bench_daemon.py --json bench/out/daemon.json
 	$(PY) bench/bench_loaders.py --json bench/out/loaders.json
 	$(PY) bench/bench_digestlists.py --json bench/out/digestlists.json
+	$(PY) bench/bench_tokens.py --json bench/out/tokens.json
 
 clean:
 	rm -rf $(VENV) $(KEYLIME_VENV) .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.* build dist src/*.egg-info demo-tree
