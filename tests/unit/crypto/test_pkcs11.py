@@ -210,3 +210,30 @@ def test_digest_info_is_what_openssl_signs(
 def test_digest_info_refuses_unknown_algorithms() -> None:
     with pytest.raises(imaguard.KeyLoadError, match="no PKCS#1 DigestInfo for hash algorithm"):
         digest_info("streebog256", bytes(32))
+
+
+def test_default_module_when_no_proxy_is_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    from imaguard.crypto import _pkcs11
+
+    monkeypatch.delenv(PKCS11_MODULE_ENV, raising=False)
+    gone = ["/nonexistent/a/p11-kit-proxy.so", "/nonexistent/b/p11-kit-proxy.so"]
+    monkeypatch.setattr(_pkcs11, "_proxy_candidates", lambda: gone)
+    assert default_pkcs11_module() == gone[0]
+    with pytest.raises(TokenError) as exc:
+        load_pkcs11_key("pkcs11:token=t")
+    assert str(exc.value) == (
+        f"PKCS#11 module {gone[0]}: no such file (give --pkcs11-module PATH or set "
+        "IMAGUARD_PKCS11_MODULE; Debian's p11-kit-modules package installs p11-kit-proxy.so)"
+    )
+
+
+def test_der_lengths_and_ec_points() -> None:
+    from imaguard.crypto._pkcs11 import _der, _unwrap_ec_point
+
+    assert _der(0x04, bytes(3)) == b"\x04\x03\x00\x00\x00"
+    assert _der(0x04, bytes(200))[:3] == b"\x04\x81\xc8"
+    assert _der(0x04, bytes(300))[:4] == b"\x04\x82\x01\x2c"
+    point = b"\x04" + bytes(range(64))  # an uncompressed P-256 point, 65 bytes
+    assert _unwrap_ec_point(point, 256) == point
+    assert _unwrap_ec_point(b"\x04\x41" + point, 256) == point  # DER OCTET STRING around it
+    assert _unwrap_ec_point(b"\x05\x41" + point, 256) == b"\x05\x41" + point  # left as is
