@@ -30,7 +30,7 @@ _OUT_DIR = click.option(
 
 @click.group()
 def keys() -> None:
-    """Manage signing keys and their certificates."""
+    """Manage signing keys."""
 
 
 def _key_type(key_type: str | None, key_path: str | None) -> str:

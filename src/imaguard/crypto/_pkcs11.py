@@ -294,6 +294,9 @@ def _describe_p11(e: BaseException) -> str:
 
 # -- the signer ---------------------------------------------------------------------------
 
+_INITIALIZED_BY: dict[str, int] = {}
+"""Module path -> the process that (re)initialized it last; a forked child differs."""
+
 
 @dataclass
 class _TokenSession:
@@ -320,8 +323,11 @@ class _TokenSession:
         import pkcs11 as p11
 
         lib = _load_library(self.module, self.uri)
-        if self._pid not in (-1, os.getpid()):
-            # A forked child: the parent's sessions are not ours to use.
+        pid = os.getpid()
+        if _INITIALIZED_BY.get(self.module, pid) != pid:
+            # A forked child: the module was initialized by the parent, whose sessions
+            # are not ours to use. Once per module and process (another key on the same
+            # module then shares the new initialization).
             try:
                 lib.finalize()
             except p11.PKCS11Error:
@@ -330,6 +336,7 @@ class _TokenSession:
                 lib.initialize()
             except p11.PKCS11Error as e:
                 raise self._error(f"cannot initialize the module again: {_describe_p11(e)}") from e
+        _INITIALIZED_BY[self.module] = pid
         token = self._find_token(lib)
         self.token_label = token.label
         session = self._login(token)

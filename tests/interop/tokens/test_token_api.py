@@ -137,3 +137,37 @@ def test_ca_on_a_token_writes_no_key_file(token: Token, tmp_path: Path) -> None:
     assert [p.name for p in written] == ["ca.pem", "ca.der"]
     assert ca.certificate.x509.public_key().public_numbers() == key.public_key.public_numbers()  # type: ignore[union-attr]
     assert create_csr(key).startswith(b"-----BEGIN CERTIFICATE REQUEST-----\n")
+
+
+def test_two_token_keys_sign_in_a_forked_child(token: Token) -> None:
+    """A forked child initializes the module again once, and both keys open on it."""
+    import os
+
+    from imaguard.formats.hashalgo import by_name
+
+    keys = [load_signing_key(token.uri(o), pin=token.pin) for o in ("rsa-key", "ec-key")]
+    algo, digest = by_name("sha256"), bytes(range(32))
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        try:
+            # the first key again after the second opened: its session must still be valid
+            sigs = [k.sign_digest(algo, digest) for k in (*keys, keys[0])]
+            os.write(write, b"\0".join(s.hex().encode() for s in sigs))
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as f:
+        out = f.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    sigs = [bytes.fromhex(h.decode()) for h in out.split(b"\0")]
+    assert len(sigs) == 3
+    for key, sig in zip((*keys, keys[0]), sigs, strict=True):
+        cert = imaguard.crypto.self_signed_certificate(key)
+        assert cert.verifies(algo, digest, sig)
+    # and the parent's sessions still sign
+    for key in keys:
+        assert imaguard.crypto.self_signed_certificate(key).verifies(
+            algo, digest, key.sign_digest(algo, digest)
+        )
