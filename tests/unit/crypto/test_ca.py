@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
 
 import imaguard
@@ -250,3 +251,55 @@ def test_ca_write_and_certificate_write(
     assert (tmp_path / "leaf" / "cert.pem").read_bytes() == cert.pem()
     with pytest.raises(imaguard.UsageError, match="refusing to overwrite"):
         write_certificate(cert, tmp_path / "leaf")
+
+
+class _RefusingKey(rsa.RSAPrivateKey):
+    """An RSA key whose signer refuses (as a token can): the error is a KeyLoadError."""
+
+    def __init__(self, real: rsa.RSAPrivateKey) -> None:
+        self._real = real
+
+    @property
+    def key_size(self) -> int:
+        return self._real.key_size
+
+    def public_key(self) -> rsa.RSAPublicKey:
+        return self._real.public_key()
+
+    def sign(self, data: object, padding: object, algorithm: object) -> bytes:
+        raise ValueError("refused by the signer")
+
+    def decrypt(self, ciphertext: bytes, padding: object) -> bytes:
+        raise NotImplementedError
+
+    def private_numbers(self) -> rsa.RSAPrivateNumbers:
+        raise NotImplementedError
+
+    def private_bytes(self, *args: object) -> bytes:
+        raise NotImplementedError
+
+    def __copy__(self) -> _RefusingKey:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, object]) -> _RefusingKey:
+        return self
+
+
+def test_a_signer_that_refuses_is_a_key_load_error(rsa_key: imaguard.PrivateKey) -> None:
+    assert isinstance(rsa_key.key, rsa.RSAPrivateKey)
+    refusing = imaguard.PrivateKey(_RefusingKey(rsa_key.key), None, "refusing-key")
+    with pytest.raises(imaguard.KeyLoadError, match="cannot sign a certificate with refusing-key"):
+        self_signed_certificate(refusing)
+    with pytest.raises(imaguard.KeyLoadError, match="cannot sign a request with refusing-key"):
+        create_csr(refusing)
+
+
+def test_write_errors_name_the_path(tmp_path: Path, ca: CertificateAuthority) -> None:
+    blocker = tmp_path / "plain-file"
+    blocker.write_bytes(b"x")
+    with pytest.raises(imaguard.UsageError, match="cannot create the directory"):
+        ca.write(blocker / "ca")
+    out = tmp_path / "ca"
+    (out / "ca.pem").mkdir(parents=True)  # a directory where the file goes
+    with pytest.raises(imaguard.UsageError, match=f"{out / 'ca.pem'}: cannot write"):
+        ca.write(out, overwrite=True)
