@@ -7,7 +7,8 @@ things a caller can act on::
     ├── FormatError          a value on the wire (xattr, signature header, ...) is malformed
     │   └── TruncatedError   the bytes end before the value does (a cut-short record)
     ├── KeyLoadError         a key or certificate cannot be loaded or used
-    │   └── UnsupportedAlgorithmError  this OpenSSL cannot use the key's or digest's algorithm
+    │   ├── UnsupportedAlgorithmError  this OpenSSL cannot use the key's or digest's algorithm
+    │   └── TokenError       a PKCS#11 token, module or key object cannot be used (crypto)
     ├── VerificationError    a verification that was asked to raise did not pass
     ├── FileError            a file cannot be used: unreadable, not regular, changed while read
     │   └── FileChangedError the file changed while it was being hashed
