@@ -9,7 +9,7 @@ import contextlib
 import os
 import tempfile
 
-__all__ = ["atomic_write"]
+__all__ = ["atomic_write", "pread_all"]
 
 
 def atomic_write(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o644) -> None:
@@ -44,3 +44,18 @@ def atomic_write(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o644
         os.fsync(dfd)
     finally:
         os.close(dfd)
+
+
+def pread_all(fd: int, limit: int) -> bytes | None:
+    """Every byte of ``fd`` from offset 0 (pread: the file offset is not moved), or None
+    when there are more than ``limit`` (a file that grows while read is no exception)."""
+    chunks: list[bytes] = []
+    total = 0
+    while True:
+        chunk = os.pread(fd, min(1 << 20, limit + 1 - total), total)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        total += len(chunk)
+        if total > limit:
+            return None

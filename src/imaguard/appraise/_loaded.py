@@ -108,9 +108,7 @@ def copy_and_appraise(
     ring = _keyring(keyring)
     st = store_for(store) if store is None or isinstance(store, str) else store
     name = os.fspath(path)
-    memfd = os.memfd_create(
-        f"imaguard:{os.path.basename(name)}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING
-    )
+    memfd = _new_memfd(name)
     try:
         with open_target(path) as ref:
             try:
@@ -131,11 +129,15 @@ def copy_and_appraise(
         raise
 
 
-def seal_bytes(data: bytes, name: str) -> int:
-    """A sealed memfd holding ``data`` (close it when done)."""
-    memfd = os.memfd_create(
+def _new_memfd(name: str) -> int:
+    return os.memfd_create(
         f"imaguard:{os.path.basename(name)}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING
     )
+
+
+def seal_bytes(data: bytes, name: str) -> int:
+    """A sealed memfd holding ``data`` (close it when done)."""
+    memfd = _new_memfd(name)
     try:
         view = memoryview(data)
         while view:

@@ -88,6 +88,21 @@ class Verdict:
             parts.append(f"- {self.detail}")
         return " ".join(parts)
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Verdict:
+        """The Verdict of its JSON (:meth:`to_dict`)."""
+        return cls(
+            d.get("path") or "",
+            Status(d["status"]),
+            d.get("cause"),
+            int(d["key_id"], 16) if d.get("key_id") else None,
+            d.get("algorithm"),
+            int(d["type"], 16) if d.get("type") else None,
+            bytes.fromhex(d["digest"]) if d.get("digest") else None,
+            d.get("detail") or "",
+            d.get("signer"),
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "path": self.target,

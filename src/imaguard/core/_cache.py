@@ -14,11 +14,10 @@ import json
 import os
 import threading
 from dataclasses import asdict, dataclass, field
-from typing import Any
 
 from imaguard._fsutil import atomic_write
 from imaguard.appraise._files import ChangeCookie
-from imaguard.appraise._verdict import Status, Verdict
+from imaguard.appraise._verdict import Verdict
 
 __all__ = ["CacheEntry", "IntegrityCache", "slot_for"]
 
@@ -49,20 +48,6 @@ class CacheEntry:
     audited: bool = False
     may_emit_tomtou: bool = False
     """A measured read open happened: the next write open is a ToMToU violation."""
-
-
-def _verdict_from_dict(d: dict[str, Any]) -> Verdict:
-    return Verdict(
-        d["path"],
-        Status(d["status"]),
-        d.get("cause"),
-        int(d["key_id"], 16) if d.get("key_id") else None,
-        d.get("algorithm"),
-        int(d["type"], 16) if d.get("type") else None,
-        bytes.fromhex(d["digest"]) if d.get("digest") else None,
-        d.get("detail", ""),
-        d.get("signer"),
-    )
 
 
 class IntegrityCache:
@@ -124,7 +109,7 @@ class IntegrityCache:
                 cookie = ChangeCookie(**item["cookie"])
                 entry = CacheEntry(
                     cookie,
-                    {k: _verdict_from_dict(v) for k, v in item.get("slots", {}).items()},
+                    {k: Verdict.from_dict(v) for k, v in item.get("slots", {}).items()},
                     {
                         k: bytes.fromhex(v) if v is not None else None
                         for k, v in item.get("values", {}).items()

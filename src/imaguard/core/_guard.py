@@ -32,7 +32,7 @@ from imaguard.appraise._calls import Require, appraise_value
 from imaguard.appraise._evm import evm_verify
 from imaguard.appraise._files import Digest, FileRef, change_cookie, hash_fd, open_ref
 from imaguard.appraise._sigstore import SignatureStore, XattrStore, default_store, store_for
-from imaguard.appraise._trustdb import TrustDB
+from imaguard.appraise._trustdb import ListInfo, TrustDB
 from imaguard.appraise._verdict import Cause, Status, Verdict
 from imaguard.appraise._verity import fsverity_digest
 from imaguard.core._audit import AuditSink, MemoryAudit
@@ -474,7 +474,7 @@ class Guard:
             # requirement (ima_appraise.c xattr_verify).
             require: Require = "signature" if sd.digsig_required and not evm_ok_immutable else "any"
             listed = (
-                self._listed(name, safe_hasher, algos)
+                self._listed(name, hasher, algos)
                 if sd.appraise_type == "digestlist" and self.trust is not None
                 else None
             )
@@ -495,41 +495,42 @@ class Guard:
             entry.values[slot] = raw
         return verdict, False
 
-    def _vouching_list(self, hasher: Any) -> Any:
-        assert self.trust is not None
-        for algo_name in self.trust.algorithms():
-            try:
-                digest = hasher(hashalgo.by_name(algo_name))
-            except Error:
-                return None
-            info = self.trust.vouches(digest.value, algo_name)
-            if info is not None:
-                return info
-        return None
-
-    def _listed(self, name: str, safe_hasher: Any, algos: frozenset[str] | None) -> Verdict | None:
-        """A pass when a signed digest list in the trust database vouches for the content."""
+    def _vouching(
+        self, hasher: Any, algos: frozenset[str] | None = None
+    ) -> tuple[ListInfo, str, bytes] | None:
+        """The digest list in the trust database that vouches for the content, with the
+        algorithm and digest it matched; None when none does or the file cannot be hashed
+        (the signature path then says why)."""
         assert self.trust is not None
         for algo_name in self.trust.algorithms():
             if algos is not None and algo_name not in algos:
                 continue
-            digest = safe_hasher(hashalgo.by_name(algo_name))
-            if isinstance(digest, Verdict):
-                return None  # the file cannot be hashed: the signature path says why
-            info = self.trust.vouches(digest.value, algo_name)
+            try:
+                digest = hasher(hashalgo.by_name(algo_name)).value
+            except Error:
+                return None
+            info = self.trust.vouches(digest, algo_name)
             if info is not None:
-                return Verdict(
-                    name,
-                    Status.PASS,
-                    None,
-                    int(info.key_id, 16) if info.key_id else None,
-                    algo_name,
-                    None,
-                    digest.value,
-                    f"vouched for by digest list {info.name} ({info.id})",
-                    info.signer,
-                )
+                return info, algo_name, digest
         return None
+
+    def _listed(self, name: str, hasher: Any, algos: frozenset[str] | None) -> Verdict | None:
+        """A pass when a signed digest list in the trust database vouches for the content."""
+        found = self._vouching(hasher, algos)
+        if found is None:
+            return None
+        info, algo_name, digest = found
+        return Verdict(
+            name,
+            Status.PASS,
+            None,
+            int(info.key_id, 16) if info.key_id else None,
+            algo_name,
+            None,
+            digest,
+            f"vouched for by digest list {info.name} ({info.id})",
+            info.signer,
+        )
 
     def _fix(
         self, name: str, ref: FileRef, hasher: Any, failed: Verdict, algos: frozenset[str] | None
@@ -565,8 +566,9 @@ class Guard:
     ) -> ActionResult:
         p = _first(sd, "measure")
         if not self.measure_listed and self.trust is not None:
-            info = self._vouching_list(hasher)
-            if info is not None:
+            found = self._vouching(hasher)
+            if found is not None:
+                info = found[0]
                 return ActionResult(
                     True,
                     Outcome.PASSED,

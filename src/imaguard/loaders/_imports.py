@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from types import CodeType, ModuleType
 from typing import TYPE_CHECKING, Any, Literal
 
+from imaguard._fsutil import pread_all
 from imaguard.appraise import Verdict, appraise
 from imaguard.appraise._files import open_target
 from imaguard.appraise._sigstore import SignatureStore, store_for
@@ -120,9 +121,10 @@ class ImportGuard:
                     err = None
                 if only_stored and value is None:
                     return None
-                if ref.st.st_size > MAX_MODULE:
+                read = pread_all(ref.fd, MAX_MODULE)
+                if read is None:
                     raise ImportError(f"{path}: larger than {MAX_MODULE} bytes", path=path)
-                data = _read_all(ref.fd, ref.st.st_size)
+                data = read
         except Error as e:
             if only_stored:
                 return None
@@ -131,14 +133,6 @@ class ImportGuard:
             return data, None, Verdict(path, _status("unknown"), "store", detail=err)
         verdict = appraise(data, self.keyring, value=value)
         return data, value, dataclasses.replace(verdict, target=path)
-
-    def stored(self, path: str) -> bool:
-        """True when something is stored for ``path`` (a .pyc someone signed)."""
-        try:
-            with open_target(path) as ref:
-                return self.store.read(ref) is not None
-        except Error:
-            return False
 
     def judge(self, path: str, data: bytes, verdict: Verdict, value: bytes | None = None) -> None:
         """Count, run the policy hook, and refuse (enforce) or log a failure."""
@@ -180,18 +174,6 @@ def _status(name: str) -> Any:
     from imaguard.appraise import Status
 
     return Status(name)
-
-
-def _read_all(fd: int, size: int) -> bytes:
-    chunks: list[bytes] = []
-    offset = 0
-    while True:
-        chunk = os.pread(fd, max(size - offset, 1 << 16), offset)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        offset += len(chunk)
-    return b"".join(chunks)
 
 
 class _SourceLoader(importlib.abc.Loader):

@@ -76,11 +76,9 @@ def build_policy_set(cfg: Config, *, with_state: bool = True) -> tuple[PolicySet
         except Error as e:
             raise ConfigError(cfg.source, key, str(e)) from e
     if with_state:
-        from imaguard.service._owners import load_owners
         from imaguard.service._policies import apply_state
 
-        load_owners(cfg.owners)  # a bad owners file fails the start (or the reload) here
-        apply_state(pset, cfg)
+        apply_state(pset, cfg)  # reads the owners too: a bad owners file fails here
     return pset, ring
 
 

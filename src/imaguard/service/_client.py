@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from imaguard.appraise._verdict import Status, Verdict
+from imaguard.appraise._verdict import Verdict
 from imaguard.errors import BackendError, ServiceError, UsageError
 from imaguard.service._protocol import VERSION, Closed, ProtocolError, recv_frame, send_frame
 
@@ -34,17 +34,7 @@ PolicySource = str | os.PathLike[str] | bytes
 
 def verdict_from_dict(d: dict[str, Any]) -> Verdict:
     """A Verdict from its JSON (``Verdict.to_dict``)."""
-    return Verdict(
-        d.get("path") or "",
-        Status(d["status"]),
-        d.get("cause"),
-        int(d["key_id"], 16) if d.get("key_id") else None,
-        d.get("algorithm"),
-        int(d["type"], 16) if d.get("type") else None,
-        bytes.fromhex(d["digest"]) if d.get("digest") else None,
-        d.get("detail") or "",
-        d.get("signer"),
-    )
+    return Verdict.from_dict(d)
 
 
 class Client:

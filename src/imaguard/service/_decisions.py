@@ -11,7 +11,7 @@ import collections
 import itertools
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 __all__ = ["DecisionHub", "Follower"]
@@ -59,8 +59,13 @@ class DecisionHub:
         self._seq = itertools.count(1)
         self.dropped_recent = 0
 
-    def record(self, event: Any, owner_of: dict[str, str | None]) -> None:
-        """One answered event (an ``EventDecision``); ``owner_of`` maps policies to owners."""
+    def record(self, event: Any, owner_of: Mapping[str, str | None] | None = None) -> None:
+        """One answered event (an ``EventDecision``).
+
+        A PolicySet's provenance names each policy's owner already; ``owner_of`` (policy ->
+        owner) only fills in provenance made without owners.
+        """
+        owner_of = owner_of or {}
         decision = getattr(event, "decision", None)
         provenance = list(decision.provenance) if decision is not None else []
         owners = sorted(

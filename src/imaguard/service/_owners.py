@@ -236,10 +236,16 @@ def unit_of_cgroup(text: str) -> str | None:
     return None
 
 
-def identify(conn: socket.socket) -> Peer:
-    """The peer of ``conn``: SO_PEERCRED, and a pidfd for the very process that connected."""
+def peer_credentials(conn: socket.socket) -> tuple[int, int, int]:
+    """(pid, uid, gid) of the process that connected (SO_PEERCRED)."""
     creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     pid, uid, gid = struct.unpack("3i", creds)
+    return pid, uid, gid
+
+
+def identify(conn: socket.socket) -> Peer:
+    """The peer of ``conn``: SO_PEERCRED, and a pidfd for the very process that connected."""
+    pid, uid, gid = peer_credentials(conn)
     pidfd: int | None = None
     try:
         pidfd = conn.getsockopt(socket.SOL_SOCKET, SO_PEERPIDFD)

@@ -396,7 +396,7 @@ class PolicyService:
                 text = _text(req)
                 self._update(pset, op, name, owner, text, req)
             self.state.save()
-            self._measure(guard, op, name, text)
+            measure_change(guard, f"imaguard:policy:{name}:{op}", (text or "").encode())
         except ProtocolError:
             pset.restore(before)
             self.state = saved
@@ -596,21 +596,6 @@ class PolicyService:
         except PolicyError as e:
             raise ProtocolError("bad-policy", str(e)) from e
 
-    def _measure(self, guard: Guard, op: str, name: str, text: str | None) -> None:
-        from imaguard.formats.template import TemplateDescriptor
-        from imaguard.measure import buffer_entry
-
-        template = guard.template
-        if "sig" in template.name or template.name == "ima-buf":
-            template = TemplateDescriptor.lookup("ima-ng")
-        entry = buffer_entry(
-            f"imaguard:policy:{name}:{op}",
-            (text or "").encode(),
-            template,
-            ima_hash=guard.ima_hash,
-        )
-        guard.log.append(entry)
-
     def _audit(
         self,
         peer: Peer,
@@ -654,6 +639,18 @@ class PolicyService:
             peer.pid,
             record["result"] + (f" ({error.code})" if error else ""),
         )
+
+
+def measure_change(guard: Guard, name: str, data: bytes) -> None:
+    """One measurement of a change made over the socket: an ``ima-ng`` entry named ``name``
+    whose digest is that of ``data`` (a signature template would carry no signature)."""
+    from imaguard.formats.template import TemplateDescriptor
+    from imaguard.measure import buffer_entry
+
+    template = guard.template
+    if "sig" in template.name or template.name == "ima-buf":
+        template = TemplateDescriptor.lookup("ima-ng")
+    guard.log.append(buffer_entry(name, data, template, ima_hash=guard.ima_hash))
 
 
 def _name(req: dict[str, Any]) -> str:

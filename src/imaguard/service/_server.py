@@ -15,13 +15,12 @@ import logging
 import os
 import select
 import socket
-import struct
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from imaguard.service._owners import Peer, identify
+from imaguard.service._owners import Peer, identify, peer_credentials
 from imaguard.service._protocol import (
     FATAL,
     FIRST_FRAME_TIMEOUT,
@@ -245,10 +244,9 @@ def _error(rid: Any, e: ProtocolError) -> dict[str, Any]:
 
 def _peer_uid(conn: socket.socket) -> int:
     try:
-        creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        return peer_credentials(conn)[1]
     except OSError:
         return -1
-    return int(struct.unpack("3i", creds)[1])
 
 
 def _hung_up(conn: socket.socket) -> bool:

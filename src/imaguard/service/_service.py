@@ -94,10 +94,9 @@ class Service:
         )
 
     def on_decision(self, event: Any) -> None:
-        """The Enforcer's callback: the decision goes to its owners' followers."""
-        pset = self.guard.policies
-        owner_of = {n: pset.owner(n) for n in pset.names()}
-        self.hub.record(event, owner_of)
+        """The Enforcer's callback: the decision goes to its owners' followers (the
+        provenance names the owners: nothing is looked up on the event path)."""
+        self.hub.record(event)
 
     @property
     def mode(self) -> str:

@@ -18,9 +18,11 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from imaguard._fsutil import pread_all
 from imaguard.errors import Error, FormatError, UsageError, VerificationError
 from imaguard.service._config import Config
 from imaguard.service._owners import Peer
+from imaguard.service._policies import measure_change
 from imaguard.service._protocol import ProtocolError
 
 if TYPE_CHECKING:
@@ -129,7 +131,9 @@ class TrustService:
                     result, data = self._remove(req)
                     label = result["removed"]["name"]
                 guard = self._guard()
-                self._measure(guard, op.removeprefix("digestlist_"), label, data)
+                measure_change(
+                    guard, f"imaguard:digestlist:{label}:{op.removeprefix('digestlist_')}", data
+                )
                 guard.reload()
                 self._flush()
             except ProtocolError as e:
@@ -186,19 +190,6 @@ class TrustService:
             raise ProtocolError("no-such-policy", str(e)) from e
         return {"removed": info.to_dict()}, b""
 
-    def _measure(self, guard: Guard, op: str, name: str, data: bytes) -> None:
-        from imaguard.formats.template import TemplateDescriptor
-        from imaguard.measure import buffer_entry
-
-        template = guard.template
-        if "sig" in template.name or template.name == "ima-buf":
-            template = TemplateDescriptor.lookup("ima-ng")
-        guard.log.append(
-            buffer_entry(
-                f"imaguard:digestlist:{name}:{op}", data, template, ima_hash=guard.ima_hash
-            )
-        )
-
     def _audit(
         self,
         peer: Peer,
@@ -246,16 +237,7 @@ def _read_fd(fd: int) -> bytes:
         raise ProtocolError("bad-request", f"the passed descriptor: {e.strerror}") from e
     if not stat.S_ISREG(st.st_mode):
         raise ProtocolError("bad-request", "the passed descriptor is not a regular file")
-    if st.st_size > MAX_LIST_FD:
+    data = pread_all(fd, MAX_LIST_FD)
+    if data is None:
         raise ProtocolError("bad-request", f"a digest list is at most {MAX_LIST_FD} bytes")
-    chunks: list[bytes] = []
-    offset = 0
-    while True:
-        chunk = os.pread(fd, 1 << 20, offset)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        offset += len(chunk)
-        if offset > MAX_LIST_FD:
-            raise ProtocolError("bad-request", f"a digest list is at most {MAX_LIST_FD} bytes")
-    return b"".join(chunks)
+    return data

@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from imaguard.digestlists import sign_list
 from imaguard.formats import digestlist as dlf
 from imaguard.formats.keylime import RuntimePolicy
 
-from ..service.conftest import Daemon, _unavailable, cli, run
+from ..service.conftest import Daemon, cli, daemon_on_tmpfs, run
 
 TMPFS_MAGIC = "0x01021994"
 
@@ -27,20 +26,8 @@ pytestmark = pytest.mark.root
 
 @pytest.fixture
 def daemon(tmp_path: Path) -> Iterator[Daemon]:
-    why = _unavailable()
-    if why:
-        pytest.skip(why)
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    r = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=32m,mode=0755", "tmpfs", str(mnt)],
-        capture_output=True,
-        check=False,
-    )
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr!r}")
-    d = Daemon(tmp_path, mnt, tmp_path / "imaguard.toml", tmp_path / "c.sock", tmp_path / "state")
-    try:
+    with daemon_on_tmpfs(tmp_path, "32m") as d:
+        mnt = d.mnt
         for name in ("files", "lists"):
             imaguard.generate_key("ecdsa-p256").write(tmp_path / name)
             (tmp_path / f"{name}-ring").mkdir()
@@ -69,9 +56,6 @@ measure func=BPRM_CHECK fsmagic={TMPFS_MAGIC}
         )
         d.start()
         yield d
-    finally:
-        d.stop()
-        subprocess.run(["umount", "-l", str(mnt)], check=False, capture_output=True)
 
 
 def test_listed_files_are_not_measured_and_the_log_still_verifies(daemon: Daemon) -> None:

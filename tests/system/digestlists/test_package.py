@@ -24,7 +24,7 @@ import pytest
 
 import imaguard
 
-from ..service.conftest import Daemon, _unavailable, cli, env, run
+from ..service.conftest import Daemon, cli, daemon_on_tmpfs, env, run
 
 REPO = Path(__file__).resolve().parents[3]
 HOOK = REPO / "scripts" / "apt-digestlist-hook"
@@ -53,20 +53,8 @@ def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def daemon(tmp_path: Path) -> Iterator[Daemon]:
-    why = _unavailable()
-    if why:
-        pytest.skip(why)
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    r = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64m,mode=0755", "tmpfs", str(mnt)],
-        capture_output=True,
-        check=False,
-    )
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr!r}")
-    d = Daemon(tmp_path, mnt, tmp_path / "imaguard.toml", tmp_path / "c.sock", tmp_path / "state")
-    try:
+    with daemon_on_tmpfs(tmp_path, "64m") as d:
+        mnt = d.mnt
         imaguard.generate_key("ecdsa-p256").write(tmp_path / "local")
         imaguard.generate_key("ecdsa-p256").write(tmp_path / "files")  # signs nothing here
         (tmp_path / "ring").mkdir()
@@ -95,9 +83,6 @@ rules = "appraise func=BPRM_CHECK fsmagic={TMPFS_MAGIC} appraise_type=digestlist
         )
         d.start()
         yield d
-    finally:
-        d.stop()
-        subprocess.run(["umount", "-l", str(mnt)], check=False, capture_output=True)
 
 
 def hook(d: Daemon, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:

@@ -166,15 +166,17 @@ class Daemon:
         return [json.loads(line) for line in path.read_text().splitlines() if line]
 
 
-@pytest.fixture
-def daemon_env(tmp_path: Path) -> Iterator[Daemon]:
+@contextlib.contextmanager
+def daemon_on_tmpfs(tmp_path: Path, size: str = "64m") -> Iterator[Daemon]:
+    """A Daemon (not started) for a tmpfs mounted at tmp_path/mnt: skipped without root,
+    fanotify or tmpfs; afterwards it is stopped by its PIDs and the tmpfs unmounted."""
     why = _unavailable()
     if why:
         pytest.skip(why)
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     r = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64m,mode=0755", "tmpfs", str(mnt)],
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(mnt)],
         capture_output=True,
         check=False,
     )
@@ -182,6 +184,16 @@ def daemon_env(tmp_path: Path) -> Iterator[Daemon]:
         pytest.skip(f"cannot mount a tmpfs here: {r.stderr!r}")
     d = Daemon(tmp_path, mnt, tmp_path / "imaguard.toml", tmp_path / "c.sock", tmp_path / "state")
     try:
+        yield d
+    finally:
+        d.stop()
+        subprocess.run(["umount", "-l", str(mnt)], check=False, capture_output=True)
+
+
+@pytest.fixture
+def daemon_env(tmp_path: Path) -> Iterator[Daemon]:
+    with daemon_on_tmpfs(tmp_path) as d:
+        mnt = d.mnt
         keys = tmp_path / "keys"
         imaguard.generate_key("ecdsa-p256").write(keys)
         (tmp_path / "ring").mkdir()
@@ -193,9 +205,6 @@ def daemon_env(tmp_path: Path) -> Iterator[Daemon]:
         (tmp_path / "exec-guard.policy").write_text(POLICY)
         d.write_config()
         yield d
-    finally:
-        d.stop()
-        subprocess.run(["umount", "-l", str(mnt)], check=False, capture_output=True)
 
 
 def run(path: Path | str, *args: str) -> int:

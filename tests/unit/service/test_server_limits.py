@@ -4,18 +4,16 @@ that never asks anything is closed soon (docs/protocol.md, "The socket")."""
 from __future__ import annotations
 
 import os
-import shutil
 import socket
-import struct
-import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from imaguard.service import ControlServer, Peer, Reply
-from imaguard.service._protocol import parse_body, serialize
+from imaguard.service._protocol import serialize
+
+from .conftest import connect, public_server, read_frame
 
 
 def status(request: dict[str, object], peer: Peer, fds: list[int]) -> Reply:
@@ -24,45 +22,8 @@ def status(request: dict[str, object], peer: Peer, fds: list[int]) -> Reply:
 
 @pytest.fixture
 def server() -> Iterator[ControlServer]:
-    # a directory every uid can traverse (pytest's tmp_path is 0700): /run when root
-    base = "/run" if os.geteuid() == 0 and os.path.isdir("/run") else None
-    run = Path(tempfile.mkdtemp(prefix="imaguard-test-", dir=base))
-    run.chmod(0o755)
-    srv = ControlServer(
-        str(run / "c.sock"),
-        status,
-        mode=0o666,
-        max_clients=8,
-        max_per_uid=2,
-        first_frame_timeout=0.4,
-    )
-    srv.start()
-    try:
+    with public_server(status, max_clients=8, max_per_uid=2, first_frame_timeout=0.4) as srv:
         yield srv
-    finally:
-        srv.close()
-        shutil.rmtree(run, ignore_errors=True)
-
-
-def connect(path: str) -> socket.socket:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(5)
-    s.connect(path)
-    return s
-
-
-def read_frame(s: socket.socket) -> dict[str, object]:
-    head = b""
-    while len(head) < 4:
-        chunk = s.recv(4 - len(head))
-        if not chunk:
-            raise ConnectionError("closed")
-        head += chunk
-    (n,) = struct.unpack(">I", head)
-    body = b""
-    while len(body) < n:
-        body += s.recv(n - len(body))
-    return parse_body(body)
 
 
 def ask(s: socket.socket) -> dict[str, object]:

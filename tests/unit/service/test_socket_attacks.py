@@ -6,10 +6,7 @@ from __future__ import annotations
 import array
 import contextlib
 import os
-import shutil
 import socket
-import struct
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +14,9 @@ from pathlib import Path
 import pytest
 
 from imaguard.service import ControlServer, Peer, Reply
-from imaguard.service._protocol import parse_body, serialize
+from imaguard.service._protocol import serialize
+
+from .conftest import connect, public_server, read_frame
 
 SEEN_FDS: list[int] = []
 
@@ -29,44 +28,13 @@ def handler(request: dict[str, object], peer: Peer, fds: list[int]) -> Reply:
 
 @pytest.fixture
 def server() -> Iterator[ControlServer]:
-    base = "/run" if os.geteuid() == 0 and os.path.isdir("/run") else None
-    run = Path(tempfile.mkdtemp(prefix="imaguard-test-", dir=base))
-    run.chmod(0o755)
-    srv = ControlServer(
-        str(run / "c.sock"), handler, mode=0o666, max_clients=32, max_per_uid=8, frame_timeout=2
-    )
-    srv.start()
-    SEEN_FDS.clear()
-    try:
+    with public_server(handler, max_clients=32, max_per_uid=8, frame_timeout=2) as srv:
+        SEEN_FDS.clear()
         yield srv
-    finally:
-        srv.close()
-        shutil.rmtree(run, ignore_errors=True)
 
 
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
-
-
-def connect(path: str) -> socket.socket:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(5)
-    s.connect(path)
-    return s
-
-
-def read_frame(s: socket.socket) -> dict[str, object]:
-    head = b""
-    while len(head) < 4:
-        chunk = s.recv(4 - len(head))
-        if not chunk:
-            raise ConnectionError("closed")
-        head += chunk
-    (n,) = struct.unpack(">I", head)
-    body = b""
-    while len(body) < n:
-        body += s.recv(n - len(body))
-    return parse_body(body)
 
 
 def test_a_thousand_descriptors_are_not_kept(server: ControlServer, tmp_path: Path) -> None:
