@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import random
 import select
 import signal
 import subprocess
@@ -234,7 +235,7 @@ def test_proof_c_in_place_edit_with_mtime_restored_across_two_cli_runs(
 # -- (d) load_verified under attack --------------------------------------------------------
 
 ATTACKER = r"""
-import os, sys, time
+import os, random, sys, time
 path, good, evil, style, hold = sys.argv[1:6]
 hold = float(hold)
 G = open(good, "rb").read()
@@ -242,7 +243,9 @@ E = open(evil, "rb").read()
 deadline = time.monotonic() + float(sys.argv[6])
 
 def spin():
-    end = time.perf_counter() + hold
+    # A jittered hold: a fixed period can lock in phase with the reader's loop (seen on a
+    # loaded CI machine: the naive check then always landed in the evil half).
+    end = time.perf_counter() + hold * random.uniform(0.5, 1.5)
     while time.perf_counter() < end:
         pass
 
@@ -268,7 +271,7 @@ else:
 """
 
 ROUNDS = 2000
-MAX_ROUNDS = 30000
+MAX_ROUNDS = 60000
 HOLD = 20e-6  # seconds each version stays in place: many flips per naive check-then-read
 
 
@@ -325,10 +328,21 @@ def _loaded_round(
     return (1, 0, 0) if ok else (0, 1, 0)
 
 
+def _spin(seconds: float) -> None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
 def _naive_round(path: Path, ring: imaguard.Keyring, sig: bytes, good: bytes) -> tuple[int, int]:
-    """(used bytes that verify, used bytes that do not); a refusal counts as neither."""
+    """(used bytes that verify, used bytes that do not); a refusal counts as neither.
+
+    Between check and use the program does a little other work (a random spin of up to
+    two holds), as real programs do; the load_verified side gets the same jitter.
+    """
     if not imaguard.appraise(path, ring).passed:
         return 0, 0
+    _spin(random.uniform(0, 2 * HOLD))
     with open(path, "rb") as f:
         data = f.read()
     ok = imaguard.appraise(data, ring, value=sig).passed and data == good
@@ -363,10 +377,15 @@ def test_proof_d_load_verified_under_attack_never_returns_unverified_bytes(
     rounds = 0
     while rounds < MAX_ROUNDS:
         for _ in range(ROUNDS):
-            ok, bad, ref = _loaded_round(target, rsa_ring, sig, good)
-            loaded_ok, loaded_bad, refused = loaded_ok + ok, loaded_bad + bad, refused + ref
-            nok, nbad = _naive_round(target, rsa_ring, sig, good)
-            naive_ok, naive_bad = naive_ok + nok, naive_bad + nbad
+            # Random order and a random pause: neither side may lock in phase with the
+            # attacker's period.
+            _spin(random.uniform(0, 2 * HOLD))
+            if random.random() < 0.5:
+                ok, bad, ref = _loaded_round(target, rsa_ring, sig, good)
+                loaded_ok, loaded_bad, refused = loaded_ok + ok, loaded_bad + bad, refused + ref
+            else:
+                nok, nbad = _naive_round(target, rsa_ring, sig, good)
+                naive_ok, naive_bad = naive_ok + nok, naive_bad + nbad
         rounds += ROUNDS
         assert proc.poll() is None, "the attacker stopped early"
         # Enough evidence on both sides: stop; otherwise run up to MAX_ROUNDS.
