@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
+import select
+import signal
 import stat
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -20,7 +23,7 @@ from typing import Any
 from imaguard.appraise._files import file_kind
 from imaguard.errors import Error
 
-__all__ = ["BatchOutcome", "Result", "WalkEntry", "run", "walk"]
+__all__ = ["BatchOutcome", "Counted", "Result", "WalkEntry", "run", "run_counted", "walk"]
 
 _log = logging.getLogger(__name__)
 
@@ -191,3 +194,193 @@ def run(
     finally:
         _operation = None
     return results
+
+
+# -- counted runs: a pass is a count, not an object ------------------------------------
+
+
+@dataclass
+class Counted:
+    """The outcome of :func:`run_counted`: counts of every outcome, and the Results of
+    the files that did not pass (in walk order)."""
+
+    counts: dict[BatchOutcome, int]
+    results: list[Result]
+
+
+Quick = Callable[[str], bool]
+
+
+def _counted_chunk(
+    operation: Operation, quick: Quick | None, paths: Sequence[str]
+) -> tuple[int, list[Result]]:
+    ok = 0
+    others: list[Result] = []
+    for path in paths:
+        if quick is not None and quick(path):
+            ok += 1
+            continue
+        r = _safe(operation, path)
+        if r.outcome is BatchOutcome.OK and r.data is None and not r.message:
+            ok += 1
+        else:
+            others.append(r)
+    return ok, others
+
+
+def run_counted(
+    operation: Operation,
+    entries: Iterable[WalkEntry],
+    *,
+    quick: Quick | None = None,
+    jobs: int | None = None,
+    on_result: Callable[[Result], None] | None = None,
+    on_passes: Callable[[int], None] | None = None,
+) -> Counted:
+    """Like :func:`run`, for operations whose passes carry nothing to report.
+
+    ``quick(path)`` answers True for a file that certainly passes (then ``operation`` is
+    not called for it); otherwise ``operation`` gives the Result. An ``ok`` Result with no
+    message and no data is counted, not kept; ``on_passes(n)`` hears of them in batches.
+    Work is shared among forked workers that take chunks from a pipe as they finish the
+    last, and send back only counts and the Results kept.
+    """
+    report = on_result or (lambda _r: None)
+    passed = on_passes or (lambda _n: None)
+    counts = dict.fromkeys(BatchOutcome, 0)
+    kept: list[Result] = []
+
+    def take(ok: int, others: list[Result]) -> None:
+        counts[BatchOutcome.OK] += ok
+        if ok:
+            passed(ok)
+        for r in others:
+            counts[r.outcome] += 1
+            kept.append(r)
+            report(r)
+
+    todo: list[str] = []
+    for entry in entries:
+        if entry.error is not None:
+            take(0, [Result(entry.path, BatchOutcome.ERROR, f"{entry.path}: {entry.error}")])
+        elif entry.skip_reason is not None:
+            take(
+                0, [Result(entry.path, BatchOutcome.SKIPPED, f"{entry.path}: {entry.skip_reason}")]
+            )
+        else:
+            todo.append(entry.path)
+    workers = jobs if jobs is not None else (os.cpu_count() or 1)
+    if workers <= 1 or len(todo) <= INLINE_LIMIT:
+        for i in range(0, len(todo), CHUNK):
+            take(*_counted_chunk(operation, quick, todo[i : i + CHUNK]))
+        return Counted(counts, kept)
+    size = max(CHUNK, len(todo) // (workers * 16))
+    chunks = [(i, min(i + size, len(todo))) for i in range(0, len(todo), size)]
+    for ok, others in _fork_pool(operation, quick, todo, chunks, workers):
+        take(ok, others)
+    return Counted(counts, kept)
+
+
+_TOKEN = 4  # bytes of a chunk number in the task pipe (a read of <= PIPE_BUF is atomic)
+
+
+def _fork_pool(
+    operation: Operation,
+    quick: Quick | None,
+    todo: list[str],
+    chunks: list[tuple[int, int]],
+    workers: int,
+) -> Iterator[tuple[int, list[Result]]]:
+    """Yield each chunk's (passes, other Results) in chunk order, computed by forked workers.
+
+    The chunk numbers wait in a pipe; each worker reads one (atomically), does it, and
+    writes its result to a pipe of its own. A chunk whose worker died unreported is done
+    here, in the calling process, so a crash loses nothing.
+    """
+    if len(chunks) * _TOKEN > 60_000:  # pragma: no cover - chunks are sized far below
+        raise ValueError("too many chunks for the task pipe")
+    task_r, task_w = os.pipe()
+    os.write(task_w, b"".join(i.to_bytes(_TOKEN, "little") for i in range(len(chunks))))
+    os.close(task_w)
+    procs: dict[int, int] = {}  # result pipe fd -> pid
+    finished = False
+    try:
+        for _ in range(min(workers, len(chunks))):
+            res_r, res_w = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - the child; measured through its results
+                code = 0
+                try:
+                    os.close(res_r)
+                    for fd in procs:
+                        os.close(fd)
+                    signal.signal(signal.SIGINT, signal.SIG_DFL)
+                    _worker(operation, quick, todo, chunks, task_r, res_w)
+                except BaseException:
+                    code = 1
+                os._exit(code)
+            os.close(res_w)
+            procs[res_r] = pid
+        os.close(task_r)
+        task_r = -1
+        done: dict[int, tuple[int, list[Result]]] = {}
+        buffers = {fd: bytearray() for fd in procs}
+        open_fds = set(procs)
+        nxt = 0
+        while open_fds:
+            ready, _, _ = select.select(list(open_fds), [], [])
+            for fd in ready:
+                data = os.read(fd, 1 << 16)
+                if not data:
+                    open_fds.discard(fd)
+                    continue
+                buf = buffers[fd]
+                buf += data
+                while len(buf) >= 4:
+                    n = int.from_bytes(buf[:4], "little")
+                    if len(buf) < 4 + n:
+                        break
+                    # Our own forked child, over a pipe only we hold: trusted bytes.
+                    index, ok, others = pickle.loads(bytes(buf[4 : 4 + n]))  # noqa: S301
+                    del buf[: 4 + n]
+                    done[index] = (ok, others)
+            while nxt in done:
+                yield done.pop(nxt)
+                nxt += 1
+        for index in range(nxt, len(chunks)):
+            if index in done:
+                yield done.pop(index)
+            else:
+                _log.warning("a worker ended without chunk %d; doing it here", index)
+                start, end = chunks[index]
+                yield _counted_chunk(operation, quick, todo[start:end])
+        finished = True
+    finally:
+        if task_r >= 0:
+            os.close(task_r)
+        for fd, pid in procs.items():
+            os.close(fd)
+            if not finished:  # interrupted: the workers' results are not wanted
+                os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+
+
+def _worker(
+    operation: Operation,
+    quick: Quick | None,
+    todo: list[str],
+    chunks: list[tuple[int, int]],
+    task_r: int,
+    res_w: int,
+) -> None:  # pragma: no cover - runs in a forked child
+    while True:
+        token = os.read(task_r, _TOKEN)
+        if len(token) < _TOKEN:
+            return
+        index = int.from_bytes(token, "little")
+        start, end = chunks[index]
+        ok, others = _counted_chunk(operation, quick, todo[start:end])
+        payload = pickle.dumps((index, ok, others), pickle.HIGHEST_PROTOCOL)
+        view = memoryview(len(payload).to_bytes(4, "little") + payload)
+        while view:
+            view = view[os.write(res_w, view) :]

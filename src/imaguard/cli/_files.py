@@ -22,7 +22,14 @@ from imaguard.cli._options import (
     store_options,
     walk_options,
 )
-from imaguard.cli._runner import Outcome, Result, run_batch, summary
+from imaguard.cli._runner import (
+    Outcome,
+    Result,
+    run_batch,
+    run_batch_counted,
+    summary,
+    summary_counts,
+)
 from imaguard.errors import Error
 from imaguard.formats import hashalgo
 
@@ -138,6 +145,21 @@ def verify(
             path, outcome, f"{path}: {verdict.describe()}", verdict.to_dict() if as_json else None
         )
 
+    if not as_json and not verbose:
+        # Passes print nothing: count them, and let the quick path find them.
+        from imaguard.appraise._quick import quick_pass
+
+        counted = run_batch_counted(
+            paths,
+            op,
+            quick=quick_pass(ring, require=require, store=st),
+            recursive=recursive,
+            follow=follow_symlinks,
+            jobs=jobs,
+            store=st,
+            label="verifying",
+        )
+        raise _Exit(summary_counts("verified", counted.counts, recursive))
     echo_ok = None if as_json or not verbose else (lambda r: click.echo(r.message))
     results = run_batch(
         paths,

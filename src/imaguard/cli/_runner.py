@@ -18,7 +18,7 @@ from imaguard.cli._common import EXIT_ERROR, EXIT_FAILED, EXIT_OK, err
 
 _log = logging.getLogger("imaguard.cli")
 
-__all__ = ["Outcome", "Result", "run_batch", "summary"]
+__all__ = ["Outcome", "Result", "run_batch", "run_batch_counted", "summary", "summary_counts"]
 
 
 @dataclass
@@ -47,13 +47,34 @@ class _Progress:
             self._progress.start()
             self._task = self._progress.add_task(self.label, total=self.total)
 
-    def advance(self) -> None:
+    def advance(self, n: int = 1) -> None:
         if self._progress is not None:
-            self._progress.advance(self._task)
+            self._progress.advance(self._task, n)
 
     def close(self) -> None:
         if self._progress is not None:
             self._progress.stop()
+
+
+def _walk(paths: Sequence[str], recursive: bool, follow: bool, store: SignatureStore) -> list[Any]:
+    skip = (SidecarStore.suffix,) if isinstance(store, SidecarStore) else ()
+    return list(batch.walk(paths, recursive=recursive, follow_symlinks=follow, skip_suffixes=skip))
+
+
+def _reporter(
+    progress: _Progress, echo_failures: bool, echo_ok: Callable[[Result], None] | None
+) -> Callable[[Result], None]:
+    def report(r: Result) -> None:
+        progress.advance()
+        if r.outcome is Outcome.OK:
+            if echo_ok is not None:
+                echo_ok(r)
+        elif r.outcome is Outcome.SKIPPED:
+            _log.info("skipped %s", r.message)
+        elif echo_failures:
+            err(r.message)
+
+    return report
 
 
 def run_batch(
@@ -69,24 +90,40 @@ def run_batch(
     echo_ok: Callable[[Result], None] | None = None,
 ) -> list[Result]:
     """Walk PATHS and run OPERATION on each file (in worker processes), reporting as it goes."""
-    skip = (SidecarStore.suffix,) if isinstance(store, SidecarStore) else ()
-    entries = list(
-        batch.walk(paths, recursive=recursive, follow_symlinks=follow, skip_suffixes=skip)
-    )
+    entries = _walk(paths, recursive, follow, store)
+    progress = _Progress(len(entries), label)
+    try:
+        return batch.run(
+            operation, entries, jobs=jobs, on_result=_reporter(progress, echo_failures, echo_ok)
+        )
+    finally:
+        progress.close()
+
+
+def run_batch_counted(
+    paths: Sequence[str],
+    operation: batch.Operation,
+    *,
+    quick: batch.Quick | None,
+    recursive: bool,
+    follow: bool,
+    jobs: int | None,
+    store: SignatureStore,
+    label: str,
+) -> batch.Counted:
+    """:func:`run_batch` for a verb whose passes print nothing: they are counted."""
+    entries = _walk(paths, recursive, follow, store)
     progress = _Progress(len(entries), label)
 
-    def report(r: Result) -> None:
-        progress.advance()
-        if r.outcome is Outcome.OK:
-            if echo_ok is not None:
-                echo_ok(r)
-        elif r.outcome is Outcome.SKIPPED:
-            _log.info("skipped %s", r.message)
-        elif echo_failures:
-            err(r.message)
-
     try:
-        return batch.run(operation, entries, jobs=jobs, on_result=report)
+        return batch.run_counted(
+            operation,
+            entries,
+            quick=quick,
+            jobs=jobs,
+            on_result=_reporter(progress, True, None),
+            on_passes=progress.advance,
+        )
     finally:
         progress.close()
 
@@ -96,7 +133,12 @@ def summary(verb: str, results: Sequence[Result], recursive: bool) -> int:
     counts = dict.fromkeys(Outcome, 0)
     for r in results:
         counts[r.outcome] += 1
-    if recursive or counts[Outcome.ERROR] or counts[Outcome.FAILED] or len(results) > 1:
+    return summary_counts(verb, counts, recursive)
+
+
+def summary_counts(verb: str, counts: dict[Outcome, int], recursive: bool) -> int:
+    """:func:`summary` from the counts of each outcome."""
+    if recursive or counts[Outcome.ERROR] or counts[Outcome.FAILED] or sum(counts.values()) > 1:
         parts = [f"{counts[Outcome.OK]} {verb}"]
         if counts[Outcome.FAILED]:
             parts.append(f"{counts[Outcome.FAILED]} failed")

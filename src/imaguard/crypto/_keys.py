@@ -22,9 +22,10 @@ from __future__ import annotations
 import abc
 import hashlib
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -44,6 +45,7 @@ __all__ = [
     "PrehashedSigner",
     "PrivateKey",
     "PublicKey",
+    "digest_verifier",
     "key_id_from_public_key",
     "load_certificates",
     "load_private_key",
@@ -162,6 +164,33 @@ def _verify(public_key: PublicKey, algorithm: HashAlgo, digest: bytes, signature
             algorithm.name,
         ) from e
     return True
+
+
+def digest_verifier(public_key: PublicKey, algorithm: HashAlgo) -> Callable[[bytes, bytes], bool]:
+    """``check(digest, signature) -> bool`` for many signatures by one key and algorithm.
+
+    The same test as :func:`_verify` with the padding and hash objects made once (a tree
+    verify makes tens of thousands of calls). An algorithm this OpenSSL cannot use gives
+    False here, not an error: the caller asks :func:`_verify` for the reason.
+    """
+    prehashed = utils.Prehashed(_crypto_hash(algorithm))
+    verify = public_key.verify
+    scheme: Any = (
+        padding.PKCS1v15() if isinstance(public_key, rsa.RSAPublicKey) else ec.ECDSA(prehashed)
+    )
+    is_rsa = isinstance(public_key, rsa.RSAPublicKey)
+
+    def check(digest: bytes, signature: bytes) -> bool:
+        try:
+            if is_rsa:
+                verify(signature, digest, scheme, prehashed)  # type: ignore[call-arg]
+            else:
+                verify(signature, digest, scheme)  # type: ignore[call-arg]
+        except (InvalidSignature, ValueError, UnsupportedAlgorithm):
+            return False
+        return True
+
+    return check
 
 
 @dataclass(frozen=True, eq=False)

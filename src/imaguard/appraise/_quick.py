@@ -1,0 +1,130 @@
+"""The happy path of many appraisals: "this file certainly passes", cheaply.
+
+A tree verify spends most of its time on files that pass. :func:`quick_pass` builds a
+predicate that answers True only when :func:`imaguard.appraise` would return a passing
+verdict for the same file, keyring and store, doing only the work that needs (open,
+``fgetxattr``, one read, the hash, the signature check) with nothing allocated per file
+beyond the bytes read. Anything unusual (no value, a digest value, a v3 signature, an
+unknown, revoked or shared key id, a blacklisted digest, a file that changed while read, a
+signature that does not verify, any error) answers False, and the caller asks
+:func:`imaguard.appraise` for the verdict and its reason: the predicate decides nothing
+that the full path would decide otherwise, it only skips building the verdict of a pass.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import stat
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from imaguard.appraise._files import FileRef, hash_fd
+from imaguard.appraise._sigstore import SignatureStore, XattrStore
+from imaguard.errors import Error
+from imaguard.formats import hashalgo
+
+if TYPE_CHECKING:
+    from imaguard.crypto._keyring import Keyring
+
+__all__ = ["quick_pass"]
+
+SMALL = 1 << 16
+"""Files up to this size are read with one ``read``; larger ones through ``hash_fd``."""
+
+_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+_V2_SIGNATURE = 3  # XattrType.EVM_IMA_XATTR_DIGSIG, version byte 2
+_HEADER = 9
+
+Check = Callable[[bytes, bytes], bool]
+
+
+def quick_pass(
+    keyring: Keyring,
+    *,
+    require: str,
+    store: SignatureStore,
+    algorithms: frozenset[str] | None = None,
+) -> Callable[[str], bool] | None:
+    """A predicate ``passes(path) -> bool`` as described above, or None when these
+    settings have no quick path (a store other than an xattr, a digest or fs-verity
+    requirement): then every file goes through :func:`imaguard.appraise`.
+    """
+    if not isinstance(store, XattrStore) or require not in ("signature", "any"):
+        return None
+    from imaguard.crypto._keys import digest_verifier
+
+    attribute = store.attribute
+    blacklist = keyring.blacklisted_digests
+    # (algorithm id, key id) -> (hash constructor, check); filled on first use.
+    checks: dict[tuple[int, int], tuple[Callable[[bytes], Any], Check] | None] = {}
+
+    def check_for(algo_id: int, key_id: int) -> tuple[Callable[[bytes], Any], Check] | None:
+        found: tuple[Callable[[bytes], Any], Check] | None = None
+        try:
+            algo = hashalgo.by_id(algo_id)
+        except Error:
+            algo = None
+        certs = keyring.lookup(key_id)
+        if (
+            algo is not None
+            and algo.computable
+            and algo.hashlib_name is not None
+            and (algorithms is None or algo.name in algorithms)
+            and len(certs) == 1
+            and not keyring.is_revoked(key_id)
+        ):
+            try:
+                name = algo.hashlib_name
+                ctor = getattr(hashlib, name, None) or functools.partial(hashlib.new, name)
+                found = (ctor, digest_verifier(certs[0].public_key, algo))
+            except Error:
+                found = None  # an algorithm that cannot sign: the full path says so
+        checks[(algo_id, key_id)] = found
+        return found
+
+    def passes(path: str) -> bool:
+        try:
+            fd = os.open(path, _OPEN_FLAGS)
+        except OSError:
+            return False
+        try:
+            before = os.fstat(fd)
+            if not stat.S_ISREG(before.st_mode):
+                return False
+            raw = os.getxattr(fd, attribute)
+            n = len(raw)
+            if n <= _HEADER or raw[0] != _V2_SIGNATURE or raw[1] != 2:
+                return False
+            if int.from_bytes(raw[7:9], "big") != n - _HEADER:
+                return False
+            key = (raw[2], int.from_bytes(raw[3:7], "big"))
+            found = checks[key] if key in checks else check_for(*key)
+            if found is None:
+                return False
+            new, check = found
+            size = before.st_size
+            if size <= SMALL:
+                data = os.read(fd, size + 1)
+                if len(data) != size:
+                    return False
+                digest = new(data).digest()
+            else:
+                digest = hash_fd(FileRef(fd, path, path, before), hashalgo.by_id(raw[2])).value
+            after = os.fstat(fd)
+            if (
+                after.st_size != size
+                or after.st_mtime_ns != before.st_mtime_ns
+                or after.st_ctime_ns != before.st_ctime_ns
+            ):
+                return False
+        except (OSError, Error):
+            return False
+        finally:
+            os.close(fd)
+        if blacklist and digest in blacklist:
+            return False
+        return check(digest, raw[_HEADER:])
+
+    return passes
