@@ -789,3 +789,8 @@ def test_parallel_sign_and_verify(keys_dir: dict[str, Path], tmp_path: Path) -> 
     failed = [d for d in data if d["status"] != "pass"]
     assert [d["path"] for d in failed] == [str(victim)]
     assert failed[0]["cause"] == "invalid-signature"
+    # Without --json passes are only counted; the failure is still named, once.
+    r = run_sub("verify", "--cert", ec / "cert.der", "--xattr-user", "-r", "-j", "2", root)
+    assert r.returncode == 1
+    assert r.stderr.count(str(victim)) == 1, r.stderr
+    assert f"{count - 1} verified, 1 failed" in _summary(r.stderr)
