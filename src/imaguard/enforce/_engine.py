@@ -1,4 +1,4 @@
-"""The enforcer: a reader thread, a bounded queue, decision workers, kernel-side caching.
+"""The enforcer: a reader thread, bounded queues, decision workers, kernel-side caching.
 
 Threads and deadlock discipline:
 
@@ -12,6 +12,15 @@ Threads and deadlock discipline:
   :meth:`imaguard.core.Guard.process` on the event fd. They write the response first, then
   add an ignore mark, clear the registry entry, close the fd, and only then call
   ``on_decision`` and log. Any exception while deciding answers ``FAN_DENY``.
+* **A slow lane for large files.** Hashing a file takes about a second a GiB here, and
+  while a worker hashes, it decides nothing else: ``workers`` large files opened at once
+  would hold every other access on the watched filesystems for that long (measured:
+  docs/reliability.md). So a worker that takes an event on a regular file of
+  ``slow_bytes`` or more (one ``fstat``) hands it to a second bounded queue served by
+  ``slow_workers`` threads of its own and goes back to the small ones. Large files wait
+  behind each other, never in front of a small one; a full slow queue means ``FAN_DENY``
+  at once (counted in ``overflow_denied``), as the main queue. ``slow_workers=0`` turns the
+  lane off.
 * Everything the event path uses is imported before the first mark exists (module level
   here), so the process's own file accesses never wait on itself; and they are answered by
   the reader anyway.
@@ -77,6 +86,7 @@ import queue
 import resource
 import select
 import signal
+import stat
 import threading
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
@@ -209,6 +219,8 @@ class _Inflight:
 
 
 _STOP = Event(0, -1, 0)
+SLOW_BYTES = 16 << 20
+"""Files this large or larger are decided in the slow lane (about 15 ms of sha256 here)."""
 
 
 class Enforcer:
@@ -228,9 +240,13 @@ class Enforcer:
         on_decision: Callable[[EventDecision], None] | None = None,
         open_marks: bool | str = ROOT_OWNED,
         script_exempt: Sequence[str] = DEFAULT_SCRIPT_EXEMPT,
+        slow_workers: int = 2,
+        slow_bytes: int = SLOW_BYTES,
     ) -> None:
         if workers < 1:
             raise ValueError("workers must be at least 1")
+        if slow_workers < 0:
+            raise ValueError("slow_workers must be 0 or more")
         if open_marks not in (True, False, ROOT_OWNED):
             raise ValueError(f"open_marks must be True, False or {ROOT_OWNED!r}")
         self.group = group
@@ -238,11 +254,14 @@ class Enforcer:
         self.interpreters = tuple(interpreters)
         self.script_exempt = tuple(script_exempt)
         self.workers = workers
+        self.slow_workers = slow_workers
+        self.slow_bytes = slow_bytes
         self.queue_limit = queue_limit
         self.own_pids = frozenset({os.getpid(), *own_pids})
         self.on_decision = on_decision
         self.open_marks = open_marks
         self._queue: queue.Queue[Event] = queue.Queue(maxsize=queue_limit)
+        self._slow: queue.Queue[Event] = queue.Queue(maxsize=queue_limit)
         self._inflight = _Inflight(inflight_path)
         self._mark_lock = threading.Lock()
         self._stats_lock = threading.Lock()
@@ -280,7 +299,7 @@ class Enforcer:
         return EnforcerStats(
             allowed=c["allowed"],
             denied=c["denied"],
-            queue=self._queue.qsize(),
+            queue=self._queue.qsize() + self._slow.qsize(),
             events=c["events"],
             overflow_denied=c["overflow_denied"],
             ignore_marks=c["ignore_marks"],
@@ -313,21 +332,31 @@ class Enforcer:
         if not self._recovered:
             self.recover_inflight()
         threads = [
-            threading.Thread(target=self._worker, name=f"imaguard-enforce-{i}", daemon=True)
+            threading.Thread(
+                target=self._worker, args=(False,), name=f"imaguard-enforce-{i}", daemon=True
+            )
             for i in range(self.workers)
         ]
-        for t in threads:
+        slow = [
+            threading.Thread(
+                target=self._worker, args=(True,), name=f"imaguard-enforce-slow-{i}", daemon=True
+            )
+            for i in range(self.slow_workers)
+        ]
+        for t in threads + slow:
             t.start()
         try:
             self._reader(stop)
         finally:
-            for _ in threads:
-                try:
-                    self._queue.put(_STOP, timeout=10)
-                except queue.Full:
-                    break
-            for t in threads:
-                t.join(timeout=10)
+            # the main lane first: its workers may still hand events to the slow lane
+            for q, lane in ((self._queue, threads), (self._slow, slow)):
+                for _ in lane:
+                    try:
+                        q.put(_STOP, timeout=10)
+                    except queue.Full:
+                        break
+                for t in lane:
+                    t.join(timeout=10)
             self._deny_leftovers()
             self._inflight.close()
             self._flush_notes()
@@ -374,8 +403,12 @@ class Enforcer:
             _close(ev.fd)
             _close_pidfd(ev)
             return
+        self._enqueue(self._queue, ev)
+
+    def _enqueue(self, q: queue.Queue[Event], ev: Event) -> None:
+        """Queue ``ev``; a full queue answers it at once: deny (allow only when permissive)."""
         try:
-            self._queue.put_nowait(ev)
+            q.put_nowait(ev)
         except queue.Full:
             self._answer(ev.fd, self.permissive)
             self._inflight.remove(ev.fd)
@@ -408,16 +441,27 @@ class Enforcer:
                 self._counts[k] += 1
 
     # -- workers -----------------------------------------------------------------------
-    def _worker(self) -> None:
+    def _worker(self, slow: bool) -> None:
+        q = self._slow if slow else self._queue
         while True:
-            ev = self._queue.get()
+            ev = q.get()
             if ev is _STOP:
                 return
+            if not slow and self.slow_workers and self._large(ev.fd):
+                self._enqueue(self._slow, ev)  # not in hand here: the slow worker owns it
+                continue
             self._inhand[ev.fd] = ev
             try:
                 self._handle(ev)
             finally:
                 self._inhand.pop(ev.fd, None)
+
+    def _large(self, fd: int) -> bool:
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            return False  # _handle denies it and says why
+        return stat.S_ISREG(st.st_mode) and st.st_size >= self.slow_bytes
 
     def _handle(self, ev: Event) -> None:
         guard, gen, stable = self._current
@@ -548,7 +592,10 @@ class Enforcer:
             try:
                 ev = self._queue.get_nowait()
             except queue.Empty:
-                break
+                try:
+                    ev = self._slow.get_nowait()
+                except queue.Empty:
+                    break
             if ev is _STOP:
                 continue
             self._answer(ev.fd, self.permissive)

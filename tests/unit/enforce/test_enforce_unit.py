@@ -471,3 +471,103 @@ def test_unsigned_exec_is_denied_without_a_mark(
     assert seen[0].decision.actions["appraise"].cause == "IMA-signature-required"
     assert g.marks == []
     g.close()
+
+
+# -- the slow lane ------------------------------------------------------------------------
+class BigGatedGuard:
+    """Holds every decision on a file of ``big`` bytes or more until ``gate`` is set; denies
+    everything (by raising), so the answers show the order of the decisions."""
+
+    use_cache = True
+
+    def __init__(self, gate: threading.Event, big: int) -> None:
+        self.gate = gate
+        self.big = big
+        self.threads: list[str] = []
+
+    def process(self, fd: int, *a: Any, **kw: Any) -> Any:
+        self.threads.append(threading.current_thread().name)
+        if os.fstat(fd).st_size >= self.big:
+            self.gate.wait(10)
+        raise RuntimeError("boom")
+
+
+def _sized(tmp_path: Path, name: str, size: int) -> int:
+    p = tmp_path / name
+    with open(p, "wb") as f:
+        f.truncate(size)  # sparse: the lane looks at the size only
+    return os.open(p, os.O_RDONLY)
+
+
+def test_a_large_file_does_not_hold_the_small_ones(tmp_path: Path, other_pid: int) -> None:
+    g = FakeGroup()
+    gate = threading.Event()
+    guard = BigGatedGuard(gate, 1 << 20)
+    enf = Enforcer(g, guard, workers=1, slow_workers=1, slow_bytes=1 << 20)  # type: ignore[arg-type]
+    big = [_sized(tmp_path, f"big{i}", 2 << 20) for i in range(2)]
+    small = [_sized(tmp_path, f"small{i}", 100) for i in range(3)]
+    with Running(enf):
+        g.feed(b"".join(pack_event(FAN_OPEN_EXEC_PERM, fd, other_pid) for fd in big))
+        g.feed(b"".join(pack_event(FAN_OPEN_EXEC_PERM, fd, other_pid) for fd in small))
+        # the one main worker answers every small file while both large ones wait
+        assert sorted(g.wait_for(3)) == sorted((fd, False) for fd in small)
+        time.sleep(0.1)
+        assert len(g.responses) == 3
+        gate.set()
+        assert sorted(g.wait_for(5)) == sorted((fd, False) for fd in big + small)
+    assert guard.threads.count("imaguard-enforce-slow-0") == 2
+    assert guard.threads.count("imaguard-enforce-0") == 3
+    assert enf.stats().denied == 5
+    assert enf.stats().overflow_denied == 0
+    g.close()
+
+
+def test_a_full_slow_lane_denies_at_once(tmp_path: Path, other_pid: int) -> None:
+    g = FakeGroup()
+    gate = threading.Event()
+    guard = BigGatedGuard(gate, 1 << 20)
+    enf = Enforcer(g, guard, workers=1, slow_workers=1, slow_bytes=1 << 20, queue_limit=1)  # type: ignore[arg-type]
+    big = [_sized(tmp_path, f"big{i}", 1 << 20) for i in range(3)]
+    with Running(enf):
+        for fd in big:  # one at a time: the main queue (limit 1) must not be the one full
+            g.feed(pack_event(FAN_OPEN_EXEC_PERM, fd, other_pid))
+            deadline = time.monotonic() + 5
+            while enf.stats().queue and time.monotonic() < deadline and not g.responses:
+                time.sleep(0.01)
+            time.sleep(0.05)
+        # the slow worker holds the first, the slow queue the second: the third is denied
+        assert g.wait_for(1) == [(big[2], False)]
+        assert enf.stats().overflow_denied == 1
+        gate.set()
+        assert sorted(g.wait_for(3)) == sorted((fd, False) for fd in big)
+    assert enf.stats().denied == 3
+    g.close()
+
+
+def test_without_a_slow_lane_the_main_workers_decide_everything(
+    tmp_path: Path, other_pid: int
+) -> None:
+    g = FakeGroup()
+    gate = threading.Event()
+    gate.set()
+    guard = BigGatedGuard(gate, 1 << 20)
+    enf = Enforcer(g, guard, workers=1, slow_workers=0, slow_bytes=1 << 20)  # type: ignore[arg-type]
+    fd = _sized(tmp_path, "big", 2 << 20)
+    with Running(enf):
+        g.feed(pack_event(FAN_OPEN_EXEC_PERM, fd, other_pid))
+        assert g.wait_for(1) == [(fd, False)]
+    assert guard.threads == ["imaguard-enforce-0"]
+    with pytest.raises(ValueError, match="slow_workers"):
+        Enforcer(g, guard, slow_workers=-1)  # type: ignore[arg-type]
+    g.close()
+
+
+def test_an_event_fd_that_cannot_be_examined_is_denied(other_pid: int) -> None:
+    g = FakeGroup()
+    enf = Enforcer(g, RaisingGuard(), workers=1)  # type: ignore[arg-type]
+    bad = os.open(os.devnull, os.O_RDONLY)
+    os.close(bad)  # a number no open file has: fstat fails in the lane check and in the decision
+    with Running(enf):
+        g.feed(pack_event(FAN_OPEN_EXEC_PERM, bad, other_pid))
+        assert g.wait_for(1) == [(bad, False)]
+    g.close()
