@@ -190,20 +190,26 @@ def daemon_on_tmpfs(tmp_path: Path, size: str = "64m") -> Iterator[Daemon]:
         subprocess.run(["umount", "-l", str(mnt)], check=False, capture_output=True)
 
 
+def prepare(d: Daemon) -> imaguard.PrivateKey:
+    """Keys, a signed ``good`` and an unsigned ``evil`` copy of /bin/true, the policy and
+    the config; the signing key."""
+    keys = d.base / "keys"
+    imaguard.generate_key("ecdsa-p256").write(keys)
+    (d.base / "ring").mkdir()
+    shutil.copy(keys / "cert.der", d.base / "ring" / "cert.der")
+    key = imaguard.load_private_key(keys / "private.pem")
+    for name in ("good", "evil"):
+        shutil.copy("/bin/true", d.mnt / name)
+    imaguard.sign_file(d.mnt / "good", key, "sha256")
+    (d.base / "exec-guard.policy").write_text(POLICY)
+    d.write_config()
+    return key
+
+
 @pytest.fixture
 def daemon_env(tmp_path: Path) -> Iterator[Daemon]:
     with daemon_on_tmpfs(tmp_path) as d:
-        mnt = d.mnt
-        keys = tmp_path / "keys"
-        imaguard.generate_key("ecdsa-p256").write(keys)
-        (tmp_path / "ring").mkdir()
-        shutil.copy(keys / "cert.der", tmp_path / "ring" / "cert.der")
-        key = imaguard.load_private_key(keys / "private.pem")
-        for name in ("good", "evil"):
-            shutil.copy("/bin/true", mnt / name)
-        imaguard.sign_file(mnt / "good", key, "sha256")
-        (tmp_path / "exec-guard.policy").write_text(POLICY)
-        d.write_config()
+        prepare(d)
         yield d
 
 
