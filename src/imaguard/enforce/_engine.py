@@ -273,18 +273,35 @@ class Enforcer:
         self._notes: collections.deque[str] = collections.deque(maxlen=1000)
         self._recovered = False
         self._current: tuple[Guard, int, bool] = (guard, 0, _inode_stable(guard))
+        # decisions under way per Guard (by id), and swapped-out Guards waiting for theirs
+        self._users_lock = threading.Lock()
+        self._users: dict[int, int] = {}
+        self._retiring: dict[int, tuple[Guard, Callable[[Guard], None]]] = {}
 
     # -- public ------------------------------------------------------------------------
     @property
     def guard(self) -> Guard:
         return self._current[0]
 
-    def swap_guard(self, guard: Guard) -> None:
-        """Use ``guard`` for every event read from now on, then flush the ignore marks."""
+    def swap_guard(self, guard: Guard, retired: Callable[[Guard], None] | None = None) -> None:
+        """Use ``guard`` for every event decided from now on, then flush the ignore marks.
+
+        ``retired(old)`` is called once no decision uses the previous Guard any more: at
+        once (in this thread) when none does, else in a thread of its own after the last one
+        (a decision that hashes a large file may take seconds; closing the old Guard's log or
+        audit trail under it would lose its measurement and its records).
+        """
         with self._mark_lock:
-            gen = self._current[1] + 1
-            self._current = (guard, gen, _inode_stable(guard))
+            with self._users_lock:
+                old = self._current[0]
+                gen = self._current[1] + 1
+                self._current = (guard, gen, _inode_stable(guard))
+                idle = old is guard or not self._users.get(id(old))
+                if retired is not None and not idle:
+                    self._retiring[id(old)] = (old, retired)
             self.group.flush_ignore_marks()
+        if retired is not None and idle and old is not guard:
+            retired(old)
 
     def flush(self) -> None:
         """Drop the kernel-side cache (e.g. after a keyring or list change in the Guard)."""
@@ -464,7 +481,30 @@ class Enforcer:
         return stat.S_ISREG(st.st_mode) and st.st_size >= self.slow_bytes
 
     def _handle(self, ev: Event) -> None:
-        guard, gen, stable = self._current
+        with self._users_lock:
+            guard, gen, stable = self._current
+            self._users[id(guard)] = self._users.get(id(guard), 0) + 1
+        try:
+            self._decide(ev, guard, gen, stable)
+        finally:
+            self._release(guard)
+
+    def _release(self, guard: Guard) -> None:
+        """One decision less uses ``guard``; retire it after the last one, if it was swapped."""
+        with self._users_lock:
+            left = self._users[id(guard)] - 1
+            if left:
+                self._users[id(guard)] = left
+                return
+            del self._users[id(guard)]
+            retiring = self._retiring.pop(id(guard), None)
+        if retiring is not None:
+            old, retired = retiring
+            threading.Thread(
+                target=_call_quietly, args=(retired, old), name="imaguard-retire", daemon=True
+            ).start()
+
+    def _decide(self, ev: Event, guard: Guard, gen: int, stable: bool) -> None:
         path = f"<fd {ev.fd}>"
         subj: EventSubject | None = None
         cls = Classified(
@@ -606,6 +646,13 @@ class Enforcer:
         for fd, _ev in list(self._inhand.items()):
             _log.error("a worker did not finish event fd %d; denied at shutdown", fd)
             self._answer(fd, self.permissive)
+
+
+def _call_quietly(retired: Callable[[Guard], None], old: Guard) -> None:
+    try:
+        retired(old)
+    except Exception:
+        _log.exception("retiring the previous Guard failed")
 
 
 def _inode_stable(guard: Guard) -> bool:

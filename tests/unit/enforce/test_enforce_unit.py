@@ -571,3 +571,48 @@ def test_an_event_fd_that_cannot_be_examined_is_denied(other_pid: int) -> None:
         g.feed(pack_event(FAN_OPEN_EXEC_PERM, bad, other_pid))
         assert g.wait_for(1) == [(bad, False)]
     g.close()
+
+
+def test_a_swapped_guard_retires_after_its_last_decision(
+    tmp_path: Path, other_pid: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    g = FakeGroup()
+    gates = [threading.Event() for _ in range(3)]
+    a, b, c = (BigGatedGuard(gate, 0) for gate in gates)  # each holds every decision
+    gates[1].set()
+    enf = Enforcer(g, a, workers=1, slow_workers=0)  # type: ignore[arg-type]
+    retired: list[Any] = []
+
+    def wait_until(check: Any) -> None:
+        deadline = time.monotonic() + 5
+        while not check() and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    with Running(enf):
+        fd = _sized(tmp_path, "f0", 10)
+        g.feed(pack_event(FAN_OPEN_EXEC_PERM, fd, other_pid))
+        wait_until(lambda: a.threads)
+        enf.swap_guard(b, retired=retired.append)  # type: ignore[arg-type]
+        time.sleep(0.1)
+        assert retired == []  # a decision still runs with the old Guard
+        gates[0].set()
+        assert g.wait_for(1) == [(fd, False)]
+        wait_until(lambda: retired)
+        assert retired == [a]
+        enf.swap_guard(b, retired=retired.append)  # type: ignore[arg-type]
+        assert retired == [a]  # the same Guard again: nothing retires
+        enf.swap_guard(c, retired=retired.append)  # type: ignore[arg-type]
+        assert retired == [a, b]  # idle: retired at once
+
+        def fails(old: Any) -> None:
+            raise RuntimeError("close failed")
+
+        fd = _sized(tmp_path, "f1", 10)
+        g.feed(pack_event(FAN_OPEN_EXEC_PERM, fd, other_pid))
+        wait_until(lambda: c.threads)
+        enf.swap_guard(a, retired=fails)  # type: ignore[arg-type]
+        gates[2].set()
+        g.wait_for(2)
+        wait_until(lambda: "retiring the previous Guard failed" in caplog.text)
+    assert "retiring the previous Guard failed" in caplog.text
+    g.close()
