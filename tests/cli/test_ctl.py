@@ -45,7 +45,7 @@ class FakeStats:
 
 
 class FakeEnforcer:
-    def swap_guard(self, guard: Any) -> None:
+    def swap_guard(self, guard: Any, retired: Any = None) -> None:
         pass
 
     def stats(self) -> FakeStats:

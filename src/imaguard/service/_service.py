@@ -10,6 +10,7 @@ each other.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -32,7 +33,6 @@ __all__ = ["Service", "close_quietly"]
 
 _log = logging.getLogger(__name__)
 
-OLD_GUARD_GRACE = 2.0  # seconds a swapped-out Guard stays open for decisions still using it
 _RESTART_ONLY = (
     "watch",
     "socket",
@@ -309,7 +309,10 @@ class Service:
             )
         if same_state:
             hand_over_log(old_guard, guard)
-        self.enforcer.swap_guard(guard)
+            # decisions still under way with the old Guard measure into the same log (its
+            # appends are serialised) until the Enforcer retires the old Guard
+            old_guard._log = guard._log
+        self.enforcer.swap_guard(guard, retired=functools.partial(_retire, shared_log=same_state))
         with self._lock:
             self.cfg, self.guard = cfg, guard
         try:
@@ -319,9 +322,6 @@ class Service:
         self.trust_service.rebind(cfg)
         self.reloads += 1
         self.last_reload_error = None
-        timer = threading.Timer(OLD_GUARD_GRACE, close_quietly, args=(old_guard,))
-        timer.daemon = True
-        timer.start()
         _log.info("configuration reloaded from %s", cfg.source)
         self._notify("reloaded")
         return True
@@ -356,6 +356,14 @@ def _one_fd(op: str, fds: list[int]) -> int:
     if not fds:
         raise ProtocolError("no-fd", f"{op}: pass the open file's descriptor (SCM_RIGHTS)")
     return fds[0]
+
+
+def _retire(old: Any, *, shared_log: bool) -> None:
+    """Close a swapped-out Guard once no decision uses it (``Enforcer.swap_guard`` says when:
+    a decision hashing a large file may take seconds); the log it shares stays open."""
+    if shared_log:
+        old._log = None
+    close_quietly(old)
 
 
 def close_quietly(guard: Any) -> None:

@@ -84,21 +84,32 @@ def reloaded(d: Daemon, n: int) -> Callable[[], bool]:
 
 
 # -- a slow hash ---------------------------------------------------------------------------
+def big_program(path: Path, key: imaguard.PrivateKey, mib: int) -> Path:
+    """/bin/true with ``mib`` MiB appended (real pages, not sparse: hashing 768 MiB takes a
+    second or two here), signed with sha512."""
+    shutil.copy("/bin/true", path)
+    block = os.urandom(1 << 20)
+    with open(path, "ab") as f:
+        for _ in range(mib):
+            f.write(block)
+    imaguard.sign_file(path, key, "sha512")
+    return path
+
+
+def exec_waiting(path: Path) -> subprocess.Popen[bytes]:
+    """Exec ``path`` through sh (Popen returns once sh runs); back when the exec waits for
+    the daemon."""
+    proc = subprocess.Popen(["/bin/sh", "-c", f"exec {path}"])
+    wait_for("the exec to wait for the daemon", lambda: in_execve(proc.pid))
+    return proc
+
+
 def test_large_execs_being_hashed_do_not_hold_the_small_ones(tmp_path: Path) -> None:
     with daemon_on_tmpfs(tmp_path, "1700m") as d:
         key = prepare(d)
         # one main decision thread: before the slow lane, two large files held everything
         d.config.write_text("workers = 1\n" + d.config.read_text())
-        block = os.urandom(1 << 20)
-        bigs = []
-        for i in range(2):
-            big = d.mnt / f"big{i}"
-            shutil.copy("/bin/true", big)
-            with open(big, "ab") as f:
-                for _ in range(768):
-                    f.write(block)  # real pages: hashing 768 MiB takes a second or two here
-            imaguard.sign_file(big, key, "sha512")
-            bigs.append(big)
+        bigs = [big_program(d.mnt / f"big{i}", key, 768) for i in range(2)]
         smalls = []
         for i in range(40):
             small = d.mnt / f"small{i}"
@@ -106,10 +117,8 @@ def test_large_execs_being_hashed_do_not_hold_the_small_ones(tmp_path: Path) -> 
             imaguard.sign_file(small, key, "sha256")
             smalls.append(small)
         d.start()
-        # through sh: Popen returns once sh runs; sh's exec of the big file waits for the daemon
-        procs = [subprocess.Popen(["/bin/sh", "-c", f"exec {b}"]) for b in bigs]
+        procs = [exec_waiting(b) for b in bigs]
         try:
-            wait_for("the large execs to wait", lambda: all(in_execve(p.pid) for p in procs))
             done_while_held = []
             for small in smalls:  # each a fresh file: a full decision, not the kernel's cache
                 results = (run(small), run(d.mnt / "evil"))
@@ -204,6 +213,28 @@ def test_reloads_and_policy_replaces_under_load_never_deny_a_permitted_file(
             assert set(loop.results(good.name)) == {0}, good  # no false denial
         assert set(loop.results("evil")) == {126}  # and nothing unsigned allowed
         assert len(loop.rows) > 50
+
+
+def test_a_reload_during_a_long_decision_keeps_its_measurement(tmp_path: Path) -> None:
+    with daemon_on_tmpfs(tmp_path, "700m") as d:
+        big = big_program(d.mnt / "big", prepare(d), 512)
+        d.start()
+        proc = exec_waiting(big)
+        try:
+            os.kill(d.status()["pid"], signal.SIGHUP)  # while the old Guard hashes the file
+            wait_for("the reload", reloaded(d, 1))
+            assert proc.wait(timeout=120) == 0
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            proc.wait(timeout=30)
+        assert run(d.mnt / "good") == 0  # the new Guard measures too, into the same log
+        log = cli("log", "show", "--state", str(d.state / "log"))
+        names = [line.split()[-1] for line in log.stdout.splitlines()]
+        # before: the old Guard had handed its log over, and the big file ran unmeasured
+        assert str(big) in names, log.stdout
+        assert str(d.mnt / "good") in names
+        assert cli("log", "verify", "--state", str(d.state / "log")).returncode == 0
 
 
 # -- SIGKILL ---------------------------------------------------------------------------------------

@@ -26,9 +26,11 @@ rules = "measure func=BPRM_CHECK"
 class FakeEnforcer:
     def __init__(self) -> None:
         self.swapped: list[Any] = []
+        self.retired: list[Callable[[Any], None] | None] = []
 
-    def swap_guard(self, guard: Any) -> None:
+    def swap_guard(self, guard: Any, retired: Callable[[Any], None] | None = None) -> None:
         self.swapped.append(guard)
+        self.retired.append(retired)
 
     def stats(self) -> FakeStats:
         return FakeStats()
@@ -91,8 +93,14 @@ def test_good_reload_swaps_and_hands_the_log_over(write_config: WriteConfig) -> 
     [new] = enforcer.swapped
     assert service.guard is new
     assert new._log is log
-    assert old._log is None
+    assert old._log is log  # decisions still under way with the old Guard measure into it
     assert words == ["reloading", "reloaded"]
+    [retire] = enforcer.retired
+    assert retire is not None
+    retire(old)  # the Enforcer: no decision uses the old Guard any more
+    assert old._log is None
+    # closing the old Guard left the shared log open: the new one still measures into it
+    assert new.process("/bin/true", "BPRM_CHECK").actions["measure"].outcome == "passed"
     policies = service.status()["policies"]
     assert policies[1] == {"name": "attest", "owner": "keylime", "lock": "sealed", "version": 1}
     assert service.reloads == 1
