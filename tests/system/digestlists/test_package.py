@@ -17,6 +17,8 @@ import json
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -138,11 +140,36 @@ def test_install_and_remove_a_real_package_under_enforcement(daemon: Daemon, deb
     assert [li["name"] for li in lists] == [f"deb:{PACKAGE}"]
     assert lists[0]["source"].startswith(f"deb:{PACKAGE}=")
 
+    denied = d.status()["decisions"]["denied"]
     r = dpkg(root, "-i", str(deb))
     assert r.returncode == 0, r.stdout + r.stderr
+    assert d.status()["decisions"]["denied"] == denied  # nothing the install did was refused
     assert program.is_file()
     out = subprocess.run([str(program)], capture_output=True, text=True, timeout=30, check=False)
     assert (out.returncode, out.stdout) == (0, "Hello, world!\n")  # no false denial
+
+    # the package reinstalled (dpkg unpacks beside each file and renames it over) while a
+    # loop runs the program: every exec sees the old or the new file, both vouched for
+    results: list[int] = []
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            results.append(run(program))
+
+    runner = threading.Thread(target=loop)
+    runner.start()
+    try:
+        time.sleep(0.2)
+        r = dpkg(root, "-i", str(deb))
+        time.sleep(0.2)
+    finally:
+        stop.set()
+        runner.join(timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert results
+    assert set(results) == {0}  # never denied during the upgrade
+    assert d.status()["decisions"]["denied"] == denied
     assert run(stray) == 126  # still: the list vouches only for the package's files
     digest = hashlib.sha256(program.read_bytes()).hexdigest()
     found = cli("trust", "lookup", "--digest", digest, "--socket", str(d.sock), "--json")
