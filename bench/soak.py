@@ -3,17 +3,19 @@
 Each scenario runs the real daemon (``imaguard daemon --foreground``) on a tmpfs this script
 mounts and watches nothing else; docs/reliability.md describes them and records the figures.
 
-1. ``slow-hash``: an exec of a large signed program (``/bin/true`` with ``--big-mib`` MiB
-   appended, signed with sha512: hashing it takes seconds) while a loop execs fresh signed
+1. ``slow-hash``: execs of large signed programs (``/bin/true`` with ``--big-mib`` MiB
+   appended, signed with sha512: hashing one takes seconds) while a loop execs fresh signed
    copies of ``/bin/true`` and an unsigned one: the latency of those small decisions while
-   the big hash runs, against the same loop without it; once with the default ``workers``
-   and once with ``workers = 1`` (one decision at a time: what a single decision thread
-   would do), and with as many big programs at once as there are workers.
+   the big hashes run, against the same loop without them; with the default ``workers``
+   (one large program, then four at once: as many as there are workers) and with
+   ``workers = 1``. Large files go to the Enforcer's slow lane (``slow_workers`` threads);
+   before it existed, four large programs (or one with ``workers = 1``) held everything.
 2. ``load``: ``--loops`` concurrent exec loops for ``--seconds`` (the bench_daemon C helper:
-   fresh signed copies, an unsigned program every 50th exec) while, every ``--every``
-   seconds, the audit trail is renamed and the daemon sent SIGHUP (logrotate's way, and a
-   reload that alternately adds and drops a policy): no hang, no false denial, no unsigned
-   program allowed, every denial's audit record present once, in the file of its time.
+   signed copies, an unsigned program every 50th exec) while, every ``--every`` seconds,
+   the audit trail is renamed and the daemon sent SIGHUP (logrotate's way, and a reload that
+   alternately adds and drops a policy), and then a policy pushed over the control socket
+   is replaced (``imaguard ctl replace``): no hang, no false denial, no unsigned program
+   allowed, every denial's audit record present exactly once across the rotated files.
 3. ``kill-worker``: SIGKILL of the worker while a loop execs an unsigned program: accesses
    let through (expected 0: the supervisor holds the group), the restart gap.
 4. ``kill-daemon``: SIGKILL of the supervisor and the worker, restarted after 100 ms (as
@@ -226,6 +228,11 @@ def slow_hash(b: Soak, args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def ctl(*args: str, sock: Path) -> None:
+    cmd = [sys.executable, "-m", "imaguard", "ctl", "--socket", str(sock), *args]
+    subprocess.run(cmd, check=True, capture_output=True, env=_env(), timeout=60)
+
+
 def _small_loop(paths: list[str], seconds: float) -> list[tuple[float, float, str, int]]:
     with Loop(paths) as loop:
         time.sleep(seconds)
@@ -245,8 +252,17 @@ def load(b: Soak, args: argparse.Namespace) -> dict[str, Any]:
     out_dir.mkdir()
     audit = b.base / "state" / "audit.jsonl"
     cfg = b.base / "imaguard.toml"
-    rotations = reloads_sent = 0
-    with b.running(POLICY_EXEC):
+    owners = b.base / "owners"
+    owners.mkdir(exist_ok=True)
+    (owners / "bench.toml").write_text('name = "bench"\nuids = [0]\n')
+    extra = f'owners = "{owners}"\n'
+    # a policy pushed over the socket and replaced in turn by these two (both permit the goods)
+    pushed = [b.base / "pushed-a.policy", b.base / "pushed-b.policy"]
+    pushed[0].write_text(POLICY_EXEC)
+    pushed[1].write_text(POLICY_EXEC.splitlines()[-1] + "\n")  # the measure rule alone
+    rotations = reloads_sent = replaces = 0
+    with b.running(POLICY_EXEC, extra):
+        ctl("load", "pushed", str(pushed[1]), sock=b.sock)
         t0 = time.monotonic()
         argv = [str(b.helper), "load", str(args.loops), str(args.seconds), str(out_dir)]
         helper = subprocess.Popen([*argv, str(b.mnt / "evil"), *goods])
@@ -258,9 +274,12 @@ def load(b: Soak, args: argparse.Namespace) -> dict[str, Any]:
             with contextlib.suppress(FileNotFoundError):
                 os.rename(audit, f"{audit}.{rotations}")
             # a reload that alternately adds and drops a measure-only policy
-            cfg.write_text(b.config_text() + (EXTRA_POLICY if rotations % 2 else ""))
+            cfg.write_text(b.config_text(extra) + (EXTRA_POLICY if rotations % 2 else ""))
             os.kill(b.pids[0], signal.SIGHUP)
             reloads_sent += 1
+            time.sleep(args.every / 2)
+            ctl("replace", "pushed", str(pushed[rotations % 2]), sock=b.sock)
+            replaces += 1
         try:
             helper.wait(timeout=args.seconds + 120)
             hung = False
@@ -311,6 +330,8 @@ def load(b: Soak, args: argparse.Namespace) -> dict[str, Any]:
         "reloads_sent": reloads_sent,
         "reloads_done": st["reloads"],
         "reload_errors": st["last_reload_error"],
+        "socket_replaces": replaces,
+        "pushed_version": next(p["version"] for p in st["policies"] if p["name"] == "pushed"),
         "unsigned_tries": evil_tries,
         "audit_files": len(files),
         "audit_denial_records": len(denied_records),
@@ -493,7 +514,7 @@ def main() -> int:
         return 0
     args.loops = args.loops or (20 if args.quick else 200)
     args.seconds = args.seconds or (10 if args.quick else 60)
-    args.every = args.every or (2.0 if args.quick else 3.0)
+    args.every = args.every or (1.0 if args.quick else 2.0)
     args.kills = args.kills or (2 if args.quick else 10)
     args.big_mib = args.big_mib or (512 if args.quick else 1024)
     only = args.only or list(SCENARIOS)
