@@ -9,7 +9,7 @@ KEYLIME_VENV := .venv-keylime
 KEYLIME_STAMP := $(KEYLIME_VENV)/.installed
 KEYLIME_PKGS := keylime==7.14.3 jsonschema cryptography lark pyyaml packaging
 
-.PHONY: all demo test lint typecheck unit bench deps venv keylime clean
+.PHONY: all demo test lint typecheck unit bench deps venv keylime clean soak
 
 all: test
 
@@ -76,6 +76,12 @@ bench: deps $(STAMP) $(TPM_STAMP) $(KEYLIME_STAMP)
 	$(PY) bench/bench_loaders.py --json bench/out/loaders.json
 	$(PY) bench/bench_digestlists.py --json bench/out/digestlists.json
 	$(PY) bench/bench_tokens.py --json bench/out/tokens.json
+
+# The daemon under load and faults, the long runs (root; about 6 minutes; figures recorded in
+# docs/reliability.md): bench/soak.py, niced, JSON into bench/out/soak.json.
+soak: deps $(STAMP)
+	mkdir -p bench/out
+	nice -n 19 $(PY) bench/soak.py --json bench/out/soak.json
 
 clean:
 	rm -rf $(VENV) $(KEYLIME_VENV) .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.* build dist src/*.egg-info demo-tree
