@@ -87,6 +87,10 @@ COMMANDS: dict[str, Verb] = {
         "imaguard.cli._digestlist:trust",
         "Ask which digest lists vouch for a file's content or a digest.",
     ),
+    "agent": Verb(
+        "imaguard.cli._agent:agent",
+        "Attest this host to Keylime: quotes of the TPM with imaguard's log as the IMA list.",
+    ),
     # Old spellings, kept working but not listed.
     "info": Verb(f"{_FILES}:show", "", hidden=True),
 }
