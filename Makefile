@@ -89,6 +89,7 @@ bench: deps $(STAMP) $(TPM_STAMP) $(KEYLIME_STAMP) $(KEYLIME_SERVER_STAMP)
 	$(PY) bench/bench_loaders.py --json bench/out/loaders.json
 	$(PY) bench/bench_digestlists.py --json bench/out/digestlists.json
 	$(PY) bench/bench_tokens.py --json bench/out/tokens.json
+	$(PY) bench/bench_attest.py --json bench/out/attest.json
 
 # The daemon under load and faults, the long runs (root; about 6 minutes; figures recorded in
 # docs/reliability.md): bench/soak.py, niced, JSON into bench/out/soak.json.
