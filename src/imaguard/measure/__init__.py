@@ -2,7 +2,7 @@
 TPM backend, and verification of logs against PCRs, keyrings and Keylime runtime policies."""
 
 from imaguard.measure._entries import buffer_entry, file_entry, violation_entry
-from imaguard.measure._logstore import AppendResult, LogStore, OpenReport
+from imaguard.measure._logstore import AppendResult, LogHealth, LogStore, OpenReport
 from imaguard.measure._pcr import PcrBackend, SoftwarePcrs, compute_boot_aggregate
 from imaguard.measure._runtime import policy_from_records, policy_from_tree
 from imaguard.measure._state import StateLog, read_state, records_from_any
@@ -18,6 +18,7 @@ from imaguard.measure._verify import (
 __all__ = [
     "AppendResult",
     "Finding",
+    "LogHealth",
     "LogStore",
     "OpenReport",
     "PcrBackend",

@@ -13,6 +13,15 @@ A state directory holds:
 syncs everything queued, then all of them return (group commit). PCRs are extended
 after the entry is durable, in log order.
 
+**Storage failures.** When the write or the ``fdatasync`` fails (ENOSPC, EIO, ...), the
+file is cut back to its last durable size (``ftruncate`` + ``fdatasync``), nothing of the
+batch stays in the log or in the PCRs, and every appender of the batch gets a
+:class:`~imaguard.errors.BackendError` naming the log file and the errno. The store stays
+usable: once the storage works again the next append succeeds. Only when the cut itself
+fails (the tail may hold half a record) does the store refuse every later append until
+it is opened again, which truncates the torn tail. :meth:`LogStore.health` says whether
+the last append failed, why, and how many entries failed so far.
+
 **Start-up.** A log kept with a TPM is bound to the TPM's reset count: after a TPM
 reset (a reboot) the log belongs to an earlier boot and is refused. The log is
 replayed. A torn tail (a record cut short by a crash) is truncated and reported. Any
@@ -28,6 +37,7 @@ already in the log is not added again (violations always are).
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import logging
@@ -58,7 +68,7 @@ from imaguard.measure._pcr import (
 from imaguard.measure._replay import Replay
 from imaguard.measure._tpm import open_tpm
 
-__all__ = ["AppendResult", "LogStore", "OpenReport"]
+__all__ = ["AppendResult", "LogHealth", "LogStore", "OpenReport"]
 
 _log = logging.getLogger(__name__)
 
@@ -85,6 +95,27 @@ class OpenReport:
     entries: int
     torn_bytes: int = 0
     re_extended: int = 0
+
+
+@dataclass(frozen=True)
+class LogHealth:
+    """Whether appends work: what :meth:`LogStore.health` returns (the daemon's status)."""
+
+    ok: bool
+    """False from a failed append until the next one succeeds (or for good, see error)."""
+    error: str | None
+    """Why the last append failed; None while appends work."""
+    failed_appends: int
+    """Entries whose append failed since the store was opened."""
+    entries: int
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "ok": self.ok,
+            "error": self.error,
+            "failed_appends": self.failed_appends,
+            "entries": self.entries,
+        }
 
 
 class _Pending:
@@ -115,7 +146,10 @@ class LogStore:
             self.dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise UsageError(f"{self.dir}: cannot create the state directory: {e.strerror}") from e
-        self._lock_fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            self._lock_fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            raise BackendError(f"{self.dir / 'lock'}: cannot open: {_describe(e)}") from e
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -189,8 +223,14 @@ class LogStore:
         self._queue: list[_Pending] = []
         self._flushing = False
         self._failed: BaseException | None = None
+        self._error: str | None = None
+        self._failed_appends = 0
+        self._size = 0
         path = self.dir / LOG_NAME
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+        try:
+            self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+        except OSError as e:
+            raise BackendError(f"{path}: cannot open: {_describe(e)}") from e
         self.report = self._replay()
         if self._count == 0:
             desc = TemplateDescriptor.lookup(template)
@@ -223,14 +263,16 @@ class LogStore:
                 ) from e
             torn = len(tail)
         if torn:
-            _log.info(
-                "%s: torn tail of %d bytes after %d entries; truncated",
+            _log.warning(
+                "%s: torn tail of %d bytes after %d entries (an append cut short by a crash); "
+                "truncated",
                 self.dir / LOG_NAME,
                 torn,
                 len(records),
             )
             os.ftruncate(self._fd, good_end)
             os.fsync(self._fd)
+        self._size = good_end
         # Every record's fields must parse (the entries are read back later); the replay
         # itself runs on the raw records, through the one replay core.
         parse_binary(data[:good_end], "sha1")
@@ -279,6 +321,7 @@ class LogStore:
         items = [_Pending(e) for e in entries]
         with self._cond:
             if self._failed is not None:
+                self._failed_appends += len(items)
                 raise BackendError(f"{self.dir}: the log store failed earlier: {self._failed}")
             self._queue.extend(items)
             while not all(p.done for p in items):
@@ -302,6 +345,7 @@ class LogStore:
     def _flush(self, batch: list[_Pending]) -> None:
         out = bytearray()
         added: list[_Pending] = []
+        new_keys: list[tuple[bytes, int]] = []
         for p in batch:
             e = p.entry
             # Each bank's template digest once: the dedup key, the record and the extend.
@@ -312,6 +356,7 @@ class LogStore:
                 continue
             if not e.violation:
                 self._seen.add(key)
+                new_keys.append(key)
             out += serialize_record(e, digests["sha1"])
             p.values = (
                 e.extend_values(self.banks) if e.violation else {b: digests[b] for b in self.banks}
@@ -320,17 +365,23 @@ class LogStore:
             added.append(p)
         try:
             if out:
-                written = os.write(self._fd, out)
-                if written != len(out):
-                    raise OSError(f"short write ({written} of {len(out)} bytes)")
+                _write_all(self._fd, out)
                 os.fdatasync(self._fd)
         except OSError as exc:
-            err = BackendError(f"{self.dir / LOG_NAME}: append failed: {exc}")
-            self._failed = err
+            err = self._undo(exc, len(out), new_keys)
+            self._failed_appends += len(batch)
             for p in batch:
                 p.error, p.done = err, True
             return
+        self._size += len(out)
         self._count += len(added)
+        if self._error is not None and self._failed is None:
+            _log.warning(
+                "%s: appends work again (%d failed so far)",
+                self.dir / LOG_NAME,
+                self._failed_appends,
+            )
+            self._error = None
         try:
             for p in added:
                 self.soft.extend(p.entry.pcr, p.values)
@@ -339,18 +390,57 @@ class LogStore:
         except BackendError as err:
             # The entries are durable; the TPM missed some. Re-opening the store extends them.
             self._failed = err
+            self._error = str(err)
             for p in batch:
                 p.error = err
         for p in batch:
             p.done = True
 
+    def _undo(self, exc: OSError, size: int, keys: list[tuple[bytes, int]]) -> BackendError:
+        """Take a failed batch back out: its dedup keys, and its bytes from the file.
+
+        The file is cut back to the last durable size and synced, so no half-written
+        record stays. If that fails too, the store refuses appends until it is reopened.
+        """
+        path = self.dir / LOG_NAME
+        for key in keys:
+            self._seen.discard(key)
+        err = BackendError(
+            f"{path}: append of {size} bytes failed: {_describe(exc)}; nothing was added"
+        )
+        try:
+            os.ftruncate(self._fd, self._size)
+            os.fdatasync(self._fd)
+        except OSError as cut:
+            err = BackendError(
+                f"{path}: append of {size} bytes failed: {_describe(exc)}, and cutting the file "
+                f"back to {self._size} bytes failed too: {_describe(cut)}; no more appends "
+                "until the log is opened again (which truncates the torn tail)"
+            )
+            self._failed = err
+        if self._error is None:
+            _log.error("%s", err)
+        else:
+            _log.debug("%s", err)
+        self._error = str(err)
+        return err
+
+    def health(self) -> LogHealth:
+        """Whether appends work now, the last failure, and how many entries failed."""
+        return LogHealth(
+            self._error is None and self._failed is None,
+            self._error,
+            self._failed_appends,
+            self._count,
+        )
+
     # -- reading -------------------------------------------------------------------------
     def entries(self) -> list[TemplateEntry]:
-        data = os.pread(self._fd, os.fstat(self._fd).st_size, 0)
-        return [r.entry for r in parse_binary(data, "sha1")]
+        return [r.entry for r in parse_binary(self.raw(), "sha1")]
 
     def raw(self) -> bytes:
-        return os.pread(self._fd, os.fstat(self._fd).st_size, 0)
+        """The log's durable bytes (never a batch being written, nor one that failed)."""
+        return os.pread(self._fd, self._size, 0)
 
     def pcrs(self) -> dict[str, dict[int, bytes]]:
         """The PCR values the log replays to (only the PCRs the log uses)."""
@@ -377,6 +467,25 @@ class LogStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _write_all(fd: int, data: bytes | bytearray) -> None:
+    """Write everything: a short write (the file system ran out of space part way) goes
+    on, so the error that stopped it is raised with its errno."""
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        if n <= 0:
+            raise OSError(errno.EIO, f"write returned {n}")
+        view = view[n:]
+
+
+def _describe(exc: OSError) -> str:
+    """``ENOSPC (No space left on device)``: the errno's name, then its text."""
+    if exc.errno is None:
+        return str(exc)
+    name = errno.errorcode.get(exc.errno, f"errno {exc.errno}")
+    return f"{name} ({exc.strerror or os.strerror(exc.errno)})"
 
 
 def _holds_a_record(tail: bytes, records: list[RawRecord]) -> bool:
