@@ -73,5 +73,12 @@ def status(socket_path: str, as_json: bool) -> None:
             f"policy:    {p.get('name')} (owner {p.get('owner')}, lock {p.get('lock')}, "
             f"version {p.get('version')})"
         )
+    log = doc.get("log")
+    if isinstance(log, dict):
+        state = "ok" if log.get("ok") else f"FAILING: {log.get('error')}"
+        click.echo(
+            f"log:       {state} ({log.get('entries', 0)} entries, "
+            f"{log.get('failed_appends', 0)} failed appends)"
+        )
     if doc.get("last_reload_error"):
         click.echo(f"last reload refused: {doc['last_reload_error']}")

@@ -131,6 +131,7 @@ class Service:
             config=cfg.source,
             state=cfg.state,
             uptime_s=round(time.time() - self.started, 3),
+            log=_log_health(guard),
         )
 
     # -- the control protocol -------------------------------------------------------------
@@ -356,6 +357,17 @@ def _one_fd(op: str, fds: list[int]) -> int:
     if not fds:
         raise ProtocolError("no-fd", f"{op}: pass the open file's descriptor (SCM_RIGHTS)")
     return fds[0]
+
+
+def _log_health(guard: Any) -> dict[str, Any] | None:
+    """The measurement log's ``health()`` (ok, error, failed_appends, entries) for status;
+    None before the Guard opened its log. A failed append never changes a decision (the
+    Guard audits it, the next access measures again); this is where it shows."""
+    store = getattr(guard, "_log", None)
+    if store is None:
+        return None
+    health: dict[str, Any] = store.health().as_dict()
+    return health
 
 
 def _retire(old: Any, *, shared_log: bool) -> None:
