@@ -18,6 +18,7 @@ SUBPACKAGES = (
     "imaguard.appraise",
     "imaguard.policy",
     "imaguard.measure",
+    "imaguard.attest",
     "imaguard.core",
     "imaguard.enforce",
     "imaguard.service",

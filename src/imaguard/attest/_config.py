@@ -37,6 +37,8 @@ _TLS_KEYS = {"cert", "key", "ca"}
 
 @dataclass(frozen=True)
 class AgentConfig:
+    """The agent's settings, as :func:`load_config` reads them (paths made absolute)."""
+
     uuid: str
     registrar: tuple[str, int]
     listen: tuple[str, int]

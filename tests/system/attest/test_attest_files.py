@@ -148,3 +148,25 @@ def test_agent_command_refuses_a_bad_config(tmp_path: Path) -> None:
     r = imaguard("agent", "--config", bad)
     assert r.returncode != 0
     assert "ca.pem: not a PEM CA certificate file" in r.stderr
+
+
+def test_attest_imports_no_higher_layer() -> None:
+    """docs/architecture.md: attest sits on measure; it never imports core, enforce,
+    service, loaders, digestlists or the CLI."""
+    import ast
+
+    import imaguard.attest
+
+    higher = ("core", "enforce", "service", "loaders", "digestlists", "cli")
+    for path in Path(imaguard.attest.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            for name in names:
+                parts = name.split(".")
+                assert not (parts[0] == "imaguard" and len(parts) > 1 and parts[1] in higher), (
+                    f"{path.name} imports {name}"
+                )

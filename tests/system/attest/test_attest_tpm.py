@@ -249,3 +249,27 @@ def test_mask_and_pcrblob() -> None:
     assert struct.unpack_from("<IHB", blob) == (1, 0x000B, 3)
     assert blob[7:10] == (0x3FF).to_bytes(3, "little")
     assert struct.unpack_from("<II", blob, 132) == (2, 8)
+
+
+def test_ek_certificate_in_nv_is_sent(tpm: Swtpm, tmp_path: Path) -> None:
+    """A TPM with an EK certificate (NV index 0x01C00002, as manufacturers and swtpm_setup
+    provision it): the agent reads it whole, for the registrar's ``ekcert``."""
+    cert = bytes(range(256)) * 5 + b"end"  # 1,283 bytes: read in several chunks
+    blob = tmp_path / "ekcert.der"
+    blob.write_bytes(cert)
+    index = "0x01c00002"
+    r = run(
+        "tpm2_nvdefine", index, "-C", "o", "-s", str(len(cert)),
+        "-a", "ownerread|ownerwrite|authread|authwrite", env=tpm.tools_env,
+    )  # fmt: skip
+    assert r.returncode == 0, r.explain()
+    try:
+        r = run("tpm2_nvwrite", index, "-C", "o", "-i", blob, env=tpm.tools_env)
+        assert r.returncode == 0, r.explain()
+        with AttestTpm(tpm.tcti) as at:
+            assert at.ek_cert == cert
+    finally:
+        r = run("tpm2_nvundefine", index, "-C", "o", env=tpm.tools_env)
+        assert r.returncode == 0, r.explain()
+    with AttestTpm(tpm.tcti) as at:
+        assert at.ek_cert is None
