@@ -25,7 +25,7 @@ import pytest
 
 from helpers.measure import Swtpm, content_for, replay_binary
 from helpers.measure import imaguard as run_imaguard
-from helpers.smallfs import small_fs
+from helpers.smallfs import SmallFs, small_fs
 from imaguard.errors import BackendError
 from imaguard.formats.measurelist import serialize_binary
 from imaguard.measure import LogStore, _logstore, buffer_entry
@@ -333,3 +333,65 @@ def test_a_log_file_that_cannot_be_opened_is_a_backend_error_naming_it(
     monkeypatch.setattr(_logstore, "os", os)
     with LogStore(state) as store:  # the refusal released the lock and changed nothing
         assert store.report.entries == 1
+
+
+# -- a device that fails at writeback (real: a loop device whose backing store is full) ---
+
+
+def _sh(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_a_device_failing_at_writeback_loses_no_acknowledged_entry(tmp_path: Path) -> None:
+    """ext4 in a sparse image on a 3 MiB tmpfs: when the tmpfs is full, ext4 still takes the
+    write (its own blocks are free) and the failure comes at ``fdatasync``, from the loop
+    device (ENOSPC from the backing file; ext4 then aborts its journal, so cutting the file
+    back fails with EIO). The append fails naming the file, the store's view and PCRs stay
+    as they were, and after space is back, fsck and a remount, the log holds exactly the
+    acknowledged entries and takes appends again."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting needs root")
+    backing = SmallFs(tmp_path / "backing", "tmpfs")
+    backing.path.mkdir()
+    r = _sh("mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(backing.path))
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {r.stderr.strip()}")
+    try:
+        image, mnt = backing.path / "ext4.img", tmp_path / "ext4"
+        mnt.mkdir()
+        image.write_bytes(b"")
+        os.truncate(image, 16 << 20)
+        assert _sh("mkfs.ext4", "-q", "-F", "-m", "0", str(image)).returncode == 0
+        r = _sh("mount", "-o", "loop", str(image), str(mnt))
+        if r.returncode != 0:
+            pytest.skip(f"mount -o loop failed: {r.stderr.strip()}")
+        try:
+            state = mnt / "state"
+            with LogStore(state) as store:
+                for i in range(3):
+                    store.append(buffer_entry(f"acked/{i}", f"entry {i}".encode()))
+                before, pcrs_before = store.raw(), store.pcrs()
+                assert backing.fill() > 0
+                with pytest.raises(BackendError) as info:
+                    store.append(buffer_entry("big", content_for("big", 200_000)))
+                message = str(info.value)
+                assert str(state / LOG) in message, message
+                assert "ENOSPC" in message or "EIO" in message, message
+                assert store.raw() == before
+                assert store.pcrs() == pcrs_before
+                assert not store.health().ok
+            backing.free()
+            assert _sh("umount", str(mnt)).returncode == 0
+            assert _sh("fsck.ext4", "-p", str(image)).returncode in (0, 1), "fsck: errors left"
+            assert _sh("mount", "-o", "loop", str(image), str(mnt)).returncode == 0
+            with LogStore(state) as store:
+                assert store.report.entries == 4
+                assert store.raw() == before, "the log is not exactly the acknowledged entries"
+                assert store.append(buffer_entry("after", b"z")).index == 4
+                assert store.health().ok
+            verify_cli(state)
+        finally:
+            _sh("umount", str(mnt))
+    finally:
+        _sh("umount", str(backing.path))
+        assert not _sh("losetup", "-j", str(image)).stdout.strip(), "a loop device is left"
