@@ -363,6 +363,7 @@ def log_verify(
         read_state,
         records_from_ascii,
         records_from_binary,
+        verify_log,
         verify_records,
     )
 
@@ -371,32 +372,16 @@ def log_verify(
         raise click.UsageError("give exactly one of --state DIR, --binary F, --ascii F")
     banks: tuple[str, ...] = ("sha1", "sha256")
     digest_bank = bank
+    fmt: Any = "ascii" if ascii_in is not None else "binary"
     if state is not None:
         data, banks = read_state(state)
-        records, problem = records_from_binary(data, "sha1")
         digest_bank = "sha1"
-    elif binary_in is not None:
-        records, problem = records_from_binary(read_file(binary_in), bank)
     else:
-        records, digest_bank, problem = records_from_ascii(read_file(ascii_in or ""))
+        data = read_file(binary_in or ascii_in or "")
     expected = _parse_pcr_specs(pcr_specs)
-    if tpm is not None:
-        backend = TpmPcrs(tpm)
-        try:
-            used = sorted({r.pcr for r in records}) or [10]
-            wanted = [b for b in banks if b in backend.banks()] or list(backend.banks())
-            for b, vals in backend.read(used, wanted).items():
-                expected.setdefault(b, {}).update(vals)
-        finally:
-            backend.close()
-    policy = None
-    if runtime_policy is not None:
-        policy = RuntimePolicy.parse(read_file(runtime_policy))
     ring = imaguard.Keyring.load(*keyrings) if keyrings else None
     lists = []
     for path in digestlist_files:
-        import hashlib
-
         from imaguard.errors import FormatError
         from imaguard.formats import digestlist as dlformat
 
@@ -405,20 +390,48 @@ def log_verify(
             lists.append((hashlib.sha256(raw).digest(), dlformat.parse(raw)))
         except FormatError as e:
             raise click.UsageError(f"{path}: not a digest list: {e}") from e
-    if lists and policy is None:
+    if lists and runtime_policy is None:
         raise click.UsageError("--digestlist needs --runtime-policy (the rest of what may run)")
-    result = verify_records(
-        records,
-        digest_bank=digest_bank,
-        banks=banks,
-        expected=expected or None,
-        prefix_ok=prefix_ok,
-        keyring=ring,
-        runtime_policy=policy,
-        ignore_violations=ignore_violations,
-        parse_error=problem,
-        digest_lists=lists,
-    )
+    policy_text = read_file(runtime_policy) if runtime_policy is not None else None
+    if tpm is None:
+        # The whole log at once: parsed and hashed on every core, the policy read meanwhile.
+        result = verify_log(
+            data,
+            fmt=fmt,
+            bank=digest_bank,
+            banks=banks,
+            expected=expected or None,
+            prefix_ok=prefix_ok,
+            keyring=ring,
+            runtime_policy=policy_text,
+            ignore_violations=ignore_violations,
+            digest_lists=lists,
+        )
+    else:
+        if fmt == "ascii":
+            records, digest_bank, problem = records_from_ascii(data)
+        else:
+            records, problem = records_from_binary(data, digest_bank)
+        backend = TpmPcrs(tpm)
+        try:
+            used = sorted({r.pcr for r in records}) or [10]
+            wanted = [b for b in banks if b in backend.banks()] or list(backend.banks())
+            for b, vals in backend.read(used, wanted).items():
+                expected.setdefault(b, {}).update(vals)
+        finally:
+            backend.close()
+        result = verify_records(
+            records,
+            digest_bank=digest_bank,
+            banks=banks,
+            expected=expected or None,
+            prefix_ok=prefix_ok,
+            keyring=ring,
+            runtime_policy=RuntimePolicy.parse(policy_text) if policy_text is not None else None,
+            ignore_violations=ignore_violations,
+            parse_error=problem,
+            digest_lists=lists,
+        )
     checked = bool(expected)
     if as_json:
         doc = result.to_json()

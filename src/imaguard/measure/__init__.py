@@ -3,6 +3,7 @@ TPM backend, and verification of logs against PCRs, keyrings and Keylime runtime
 
 from imaguard.measure._entries import buffer_entry, file_entry, violation_entry
 from imaguard.measure._logstore import AppendResult, LogHealth, LogStore, OpenReport
+from imaguard.measure._parallel import verify_log
 from imaguard.measure._pcr import PcrBackend, SoftwarePcrs, compute_boot_aggregate
 from imaguard.measure._runtime import policy_from_records, policy_from_tree
 from imaguard.measure._state import StateLog, read_state, records_from_any
@@ -35,6 +36,7 @@ __all__ = [
     "records_from_any",
     "records_from_ascii",
     "records_from_binary",
+    "verify_log",
     "verify_records",
     "violation_entry",
 ]

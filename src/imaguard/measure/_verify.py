@@ -26,15 +26,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from imaguard.crypto._keyring import Keyring
-from imaguard.crypto._keys import (
-    PublicKey,
-    key_id_from_public_key,
-    load_public_key,
-    verify_prehashed,
-)
 from imaguard.errors import FormatError, KeyLoadError, UnsupportedAlgorithmError
 from imaguard.formats.digestlist import DigestList
 from imaguard.formats.hashalgo import by_id, by_name
@@ -44,7 +37,22 @@ from imaguard.formats.template import TemplateDescriptor, decode_digest_field
 from imaguard.formats.xattr import SignatureValue
 from imaguard.measure._replay import Replay
 
-__all__ = ["Finding", "VerifyResult", "records_from_ascii", "records_from_binary", "verify_records"]
+if TYPE_CHECKING:
+    from imaguard.crypto._keyring import Keyring
+    from imaguard.crypto._keys import PublicKey
+
+# The crypto layer (and the cryptography package under it) loads when a key is first
+# needed: most verifications check no signature, and the command starts faster without it.
+
+__all__ = [
+    "Finding",
+    "VerifyResult",
+    "ascii_bank",
+    "conclude",
+    "records_from_ascii",
+    "records_from_binary",
+    "verify_records",
+]
 
 _SIG_TEMPLATES = {"ima-sig", "ima-sigv2", "ima-modsig"}
 
@@ -99,12 +107,18 @@ def records_from_binary(data: bytes, bank: str = "sha1") -> tuple[list[RawRecord
     return out, None
 
 
-def records_from_ascii(text: bytes) -> tuple[list[RawRecord], str, Finding | None]:
-    """Raw records of an ASCII list and the bank of its digest column (from its width)."""
-    bank = "sha1"
+def ascii_bank(text: bytes) -> str:
+    """The bank of an ASCII list's template-digest column, from the width of its first
+    line's digest (sha1 when it is none of the known widths)."""
     first = text.lstrip(b" \n").split(b"\n", 1)[0].lstrip(b" ").split(b" ")
     if len(first) > 1:
-        bank = {40: "sha1", 64: "sha256", 96: "sha384", 128: "sha512"}.get(len(first[1]), "sha1")
+        return {40: "sha1", 64: "sha256", 96: "sha384", 128: "sha512"}.get(len(first[1]), "sha1")
+    return "sha1"
+
+
+def records_from_ascii(text: bytes) -> tuple[list[RawRecord], str, Finding | None]:
+    """Raw records of an ASCII list and the bank of its digest column (from its width)."""
+    bank = ascii_bank(text)
     out: list[RawRecord] = []
     try:
         for rec in iter_ascii(text, bank):
@@ -121,6 +135,8 @@ class _Keys:
         self.by_id: dict[int, list[PublicKey]] = {}
 
     def add(self, key: PublicKey, key_id: int | None = None) -> None:
+        from imaguard.crypto._keys import key_id_from_public_key
+
         ids = {key_id_from_public_key(key)}
         if key_id is not None:
             ids.add(key_id)
@@ -147,6 +163,92 @@ def _decode(rec: RawRecord, desc_cache: dict[str, TemplateDescriptor]) -> dict[s
     return dict(zip(desc.fields, fields, strict=True))
 
 
+class _Judge:
+    """What verification says about a record besides its template hash and violation:
+    the boot_aggregate check of the first record, signatures and the runtime policy.
+
+    Findings go to ``findings`` in record order; a problem with the policy's own keys is
+    reported when the judge is made (before any record's).
+    """
+
+    def __init__(
+        self,
+        findings: list[Finding],
+        keyring: Keyring | None,
+        runtime_policy: RuntimePolicy | None,
+        digest_lists: Sequence[tuple[bytes, DigestList]],
+    ) -> None:
+        self.findings = findings
+        self.list_files = {d.hex() for d, _ in digest_lists}
+        self.digest_lists = digest_lists
+        self.keys = _Keys()
+        self.keyring = keyring
+        self.policy = runtime_policy
+        if keyring is not None:
+            self.keys.add_keyring(keyring)
+        self.excl = None
+        if runtime_policy is not None:
+            self.excl = runtime_policy.exclude_regex
+            keys = runtime_policy.public_keys()
+            if keys:
+                from imaguard.crypto._keys import load_public_key
+            for key_id, der in keys:
+                try:
+                    self.keys.add(load_public_key(der), key_id)
+                except KeyLoadError as e:
+                    findings.append(Finding("policy", f"verification-keys: {e}"))
+        self.active = runtime_policy is not None or keyring is not None
+        """False: no record needs judging beyond the first one's boot_aggregate check."""
+        self.descs: dict[str, TemplateDescriptor] = {}
+        self.fast_digests = runtime_policy.digests if runtime_policy is not None else None
+
+    def record(self, rec: RawRecord, viol: bool, first: bool) -> None:
+        findings = self.findings
+        if first and not viol:
+            name = rec.name
+            if name is None:
+                try:
+                    fields = _decode(rec, self.descs)
+                    name = (fields.get("n-ng") or fields.get("n") or b"").rstrip(b"\0")
+                except FormatError:
+                    name = b""
+            if name != b"boot_aggregate":
+                findings.append(
+                    Finding("boot-aggregate", "the first entry is not boot_aggregate", 0)
+                )
+        if not self.active or viol:
+            return
+        nm = rec.name
+        fast_digests = self.fast_digests
+        if (
+            fast_digests is not None
+            and nm is not None
+            and rec.template_name == "ima-ng"
+            and rec.file_digest is not None
+        ):
+            # The common case inline: an ima-ng entry against the runtime policy.
+            path = nm.decode("utf-8", "surrogateescape")
+            if self.digest_lists and _listed(
+                path, rec.file_digest, self.list_files, self.digest_lists, rec.index, findings
+            ):
+                pass
+            elif self.excl is None or not self.excl.match(path):
+                _check_file_digest(
+                    fast_digests, path, rec.file_digest[1].hex(), rec.index, findings
+                )
+        else:
+            _judge(
+                rec,
+                self.descs,
+                self.keys,
+                self.keyring is not None,
+                self.policy,
+                self.excl,
+                findings,
+                (self.list_files, self.digest_lists),
+            )
+
+
 def verify_records(
     records: Iterable[RawRecord],
     *,
@@ -168,26 +270,12 @@ def verify_records(
     of them holds is accepted as the runtime policy would accept it (a daemon with
     ``measure_listed = false`` measures the list once instead of each file it vouches for).
     """
-    list_files = {d.hex() for d, _ in digest_lists}
     replay = Replay(banks, digest_bank=digest_bank, expected=expected)
-    banks = replay.banks
     findings: list[Finding] = []
-    keys = _Keys()
-    if keyring is not None:
-        keys.add_keyring(keyring)
-    excl = None
-    if runtime_policy is not None:
-        excl = runtime_policy.exclude_regex
-        for key_id, der in runtime_policy.public_keys():
-            try:
-                keys.add(load_public_key(der), key_id)
-            except KeyLoadError as e:
-                findings.append(Finding("policy", f"verification-keys: {e}"))
-    judge = runtime_policy is not None or keyring is not None
-    descs: dict[str, TemplateDescriptor] = {}
-    fast_digests = runtime_policy.digests if runtime_policy is not None else None
+    judge = _Judge(findings, keyring, runtime_policy, digest_lists)
     zero = replay.zero
     step = replay.step
+    record = judge.record
     count = 0
     for rec in records:
         count += 1
@@ -204,52 +292,41 @@ def verify_records(
             findings.append(
                 Finding("violation", "a ToMToU/open-writers violation record", rec.index)
             )
-        if count == 1 and not viol:
-            name = rec.name
-            if name is None:
-                try:
-                    fields = _decode(rec, descs)
-                    name = (fields.get("n-ng") or fields.get("n") or b"").rstrip(b"\0")
-                except FormatError:
-                    name = b""
-            if name != b"boot_aggregate":
-                findings.append(
-                    Finding("boot-aggregate", "the first entry is not boot_aggregate", 0)
-                )
-        if judge and not viol:
-            nm = rec.name
-            if (
-                fast_digests is not None
-                and nm is not None
-                and rec.template_name == "ima-ng"
-                and rec.file_digest is not None
-            ):
-                # The common case inline: an ima-ng entry against the runtime policy.
-                path = nm.decode("utf-8", "surrogateescape")
-                if digest_lists and _listed(
-                    path, rec.file_digest, list_files, digest_lists, rec.index, findings
-                ):
-                    pass
-                elif excl is None or not excl.match(path):
-                    _check_file_digest(
-                        fast_digests, path, rec.file_digest[1].hex(), rec.index, findings
-                    )
-            else:
-                _judge(
-                    rec,
-                    descs,
-                    keys,
-                    keyring is not None,
-                    runtime_policy,
-                    excl,
-                    findings,
-                    (list_files, digest_lists),
-                )
+        record(rec, viol, count == 1)
+    return conclude(
+        findings,
+        parse_error,
+        count,
+        replay.banks,
+        replay.pcrs,
+        expecting=replay.expecting,
+        matches=replay.matches,
+        matched_at=replay.matched_at,
+        expected=expected,
+        prefix_ok=prefix_ok,
+    )
+
+
+def conclude(
+    findings: list[Finding],
+    parse_error: Finding | None,
+    count: int,
+    banks: Sequence[str],
+    pcrs: Mapping[str, Sequence[bytes]],
+    *,
+    expecting: bool,
+    matches: bool,
+    matched_at: int | None,
+    expected: Mapping[str, Mapping[int, bytes]] | None,
+    prefix_ok: bool,
+) -> VerifyResult:
+    """The result of a replay of ``count`` records: the parse error and the PCR check
+    (``beyond-pcr`` / ``pcr-mismatch``) after the records' ``findings``; ``pcrs`` holds
+    every bank's 24 PCR values after the replay."""
     if parse_error is not None:
         findings.append(parse_error)
     notes: list[str] = []
-    matched_at = replay.matched_at
-    if replay.expecting and not replay.matches:
+    if expecting and not matches:
         if matched_at is not None and matched_at < count:
             if prefix_ok:
                 notes.append(
@@ -271,8 +348,8 @@ def verify_records(
             findings.append(
                 Finding("pcr-mismatch", f"the log never replays to the given PCR values ({given})")
             )
-    used = replay.used()
-    values = {b: {i: replay.pcrs[b][i].hex() for i in used} for b in banks}
+    used = sorted({i for b in banks for i, v in enumerate(pcrs[b]) if any(v)})
+    values = {b: {i: pcrs[b][i].hex() for i in used} for b in banks}
     return VerifyResult(count, values, tuple(findings), matched_at, tuple(notes))
 
 
@@ -416,6 +493,8 @@ def _as_key(buf: bytes) -> PublicKey | None:
         return None
     from cryptography import x509
 
+    from imaguard.crypto._keys import load_public_key
+
     try:
         return load_public_key(buf)
     except KeyLoadError:
@@ -456,6 +535,8 @@ def _check_signature(
                 )
             )
         return False
+    from imaguard.crypto._keys import verify_prehashed
+
     candidates = keys.by_id.get(value.key_id, [])
     if not candidates:
         if strict:
