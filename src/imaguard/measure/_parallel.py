@@ -33,7 +33,7 @@ import struct
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from imaguard.errors import FormatError
 from imaguard.formats.digestlist import DigestList
@@ -58,6 +58,9 @@ from imaguard.measure._verify import (
     records_from_binary,
     verify_records,
 )
+
+if TYPE_CHECKING:
+    from imaguard.crypto._keyring import Keyring
 
 __all__ = ["PARALLEL_MIN_BYTES", "combine_matches", "verify_log"]
 
@@ -92,7 +95,7 @@ def verify_log(
     banks: Sequence[str] = ("sha1", "sha256"),
     expected: Mapping[str, Mapping[int, bytes]] | None = None,
     prefix_ok: bool = False,
-    keyring: Any = None,
+    keyring: Keyring | None = None,
     runtime_policy: PolicyArg = None,
     ignore_violations: bool = False,
     digest_lists: Sequence[tuple[bytes, DigestList]] = (),
@@ -547,7 +550,7 @@ class _Parallel:
         banks: Sequence[str],
         expected: Mapping[str, Mapping[int, bytes]] | None,
         prefix_ok: bool,
-        keyring: Any,
+        keyring: Keyring | None,
         runtime_policy: PolicyArg,
         ignore_violations: bool,
         digest_lists: Sequence[tuple[bytes, DigestList]],
