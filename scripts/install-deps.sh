@@ -5,9 +5,11 @@
 #   libtss2-dev, pkg-config, gcc                                     - to build tpm2-pytss
 #   softhsm2, p11-kit-modules (p11-kit-proxy.so, the default module)  - a software
 #   PKCS#11 token for the token-key tests; libengine-pkcs11-openssl for evmctl --engine pkcs11
+#   e2fsprogs (mkfs.ext4, fsck.ext4), mount (mount -o loop, losetup) - small file systems
+#   the measurement-log tests fill up (ENOSPC, a device failing at writeback)
 set -euo pipefail
 pkgs=(ima-evm-utils attr openssl xxd fsverity swtpm swtpm-tools tpm2-tools tss2 libtss2-dev pkg-config gcc
-      softhsm2 p11-kit-modules libengine-pkcs11-openssl)
+      softhsm2 p11-kit-modules libengine-pkcs11-openssl e2fsprogs mount)
 need=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
