@@ -69,6 +69,8 @@ def test_full_log_keeps_enforcing_audits_and_shows_in_status(daemon_env: Daemon)
             d.start()
             doc = d.status()
             assert doc["log"] == {"ok": True, "error": None, "failed_appends": 0, "entries": 1}
+            human = cli("status", "--socket", str(d.sock))
+            assert "log:       ok (1 entries, 0 failed appends)" in human.stdout, human.stdout
             assert run(d.mnt / "good") == 0
             assert d.status()["log"]["entries"] == 2
             assert fs.fill() > 0

@@ -395,3 +395,28 @@ def test_a_device_failing_at_writeback_loses_no_acknowledged_entry(tmp_path: Pat
     finally:
         _sh("umount", str(backing.path))
         assert not _sh("losetup", "-j", str(image)).stdout.strip(), "a loop device is left"
+
+
+@pytest.mark.parametrize(
+    ("write", "named"),
+    [(lambda fd, data: 0, "EIO (write returned 0)"), (None, "a failure without an errno")],
+)
+def test_odd_write_failures_are_named_too(
+    opened: tuple[LogStore, Path],
+    failing_os: FailingOs,
+    monkeypatch: pytest.MonkeyPatch,
+    write: Callable[[int, bytes], int] | None,
+    named: str,
+) -> None:
+    """A write that returns 0 (it would loop for ever) is EIO; an OSError without an errno
+    is named by its text."""
+    store, state = opened
+    before = (state / LOG).read_bytes()
+
+    def no_errno(fd: int, data: bytes) -> int:
+        raise OSError("a failure without an errno")
+
+    monkeypatch.setattr(failing_os, "write", write or no_errno)
+    with pytest.raises(BackendError, match=named.replace("(", r"\(").replace(")", r"\)")):
+        store.append(buffer_entry("odd", b"o"))
+    assert (state / LOG).read_bytes() == before
