@@ -46,7 +46,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench_daemon import POLICY_EXEC, Bench, _env, _pct
+import bench_daemon
+from bench_daemon import POLICY_EXEC, Bench, _pct
 
 import imaguard
 
@@ -156,7 +157,7 @@ class Soak(Bench):
     def start_raw(self, fd_store: bool) -> None:
         """Start the daemon without waiting; with ``fd_store``, as systemd would: the stored
         fanotify fd as fd 3 with ``$LISTEN_FDS``, and ``$NOTIFY_SOCKET`` to store it."""
-        e = _env()
+        e = bench_daemon._env()
         cmd = [sys.executable, "-m", "imaguard", "daemon", "--foreground", "--config"]
         cmd.append(str(self.base / "imaguard.toml"))
         pass_fds: tuple[int, ...] = ()
@@ -230,7 +231,7 @@ def slow_hash(b: Soak, args: argparse.Namespace) -> dict[str, Any]:
 
 def ctl(*args: str, sock: Path) -> None:
     cmd = [sys.executable, "-m", "imaguard", "ctl", "--socket", str(sock), *args]
-    subprocess.run(cmd, check=True, capture_output=True, env=_env(), timeout=60)
+    subprocess.run(cmd, check=True, capture_output=True, env=bench_daemon._env(), timeout=60)
 
 
 def _small_loop(paths: list[str], seconds: float) -> list[tuple[float, float, str, int]]:
@@ -508,7 +509,15 @@ def main() -> int:
     ap.add_argument("--every", type=float, default=None, help="seconds between rotations")
     ap.add_argument("--kills", type=int, default=None)
     ap.add_argument("--big-mib", type=int, default=None)
+    ap.add_argument(
+        "--src",
+        default=None,
+        help="run the daemon from this source tree (e.g. an older commit's src/, to compare)",
+    )
     args = ap.parse_args()
+    if args.src:
+        src = os.path.abspath(args.src)
+        bench_daemon._env = lambda: {**os.environ, "PYTHONPATH": src}
     if os.geteuid() != 0:
         print("soak: needs root (fanotify permission events); skipped")
         return 0
@@ -525,6 +534,7 @@ def main() -> int:
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": f"{os.cpu_count()} vCPU, kernel {os.uname().release}",
         "nice": os.nice(0),
+        "daemon_src": args.src or "this tree",
     }
     try:
         b.setup()
