@@ -187,7 +187,10 @@ def parse(data: bytes) -> DigestList:
     except UnicodeDecodeError as e:
         raise FormatError(f"the source field is not UTF-8 (byte {e.start})") from e
     off += srclen
-    off += -off % 8
+    pad = -off % 8
+    if any(body[off : off + pad]):
+        raise FormatError("the padding after the source field is not zero bytes")
+    off += pad
     size = algo.digest_size
     end = off + count * size
     if len(body) < end:

@@ -132,6 +132,8 @@ class RuntimePolicy:
             doc = json.loads(text)
         except ValueError as e:
             raise FormatError(f"runtime policy: not JSON ({e})") from None
+        except RecursionError:
+            raise FormatError("runtime policy: JSON nested too deeply") from None
         if not isinstance(doc, dict):
             raise FormatError("runtime policy: the top level must be an object")
         missing = [k for k in _REQUIRED if k not in doc]
@@ -156,7 +158,7 @@ class RuntimePolicy:
         try:
             generator = int(meta.get("generator", 0))
             release = int(doc["release"])
-        except (TypeError, ValueError) as e:
+        except (TypeError, ValueError, OverflowError) as e:  # OverflowError: 1e999 is inf
             raise FormatError(
                 f"runtime policy: meta.generator/release must be integers ({e})"
             ) from None

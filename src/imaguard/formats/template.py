@@ -217,6 +217,10 @@ def unrender_field(field_id: str, text: bytes) -> bytes:
             colon = text.rfind(b":")
             if colon < 0:
                 raise FormatError(f"{field_id} value {text[:40]!r} has no ':'")
+            if b"\0" in text:
+                # The stored field ends its prefix at the first NUL: one inside the text
+                # would move that end (and the kernel writes none).
+                raise FormatError(f"{field_id} value {text[:40]!r} contains a NUL byte")
             return text[: colon + 1] + b"\0" + bytes.fromhex(text[colon + 1 :].decode("ascii"))
         if field_id in ("iuid", "igid"):
             return _U32.pack(int(text))

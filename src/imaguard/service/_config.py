@@ -222,6 +222,8 @@ def parse_config(text: str | bytes, *, source: str = "<config>", base: str | Non
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(source, "(syntax)", f"not valid TOML: {e}") from e
+    except RecursionError:
+        raise ConfigError(source, "(syntax)", "not valid TOML: nested too deeply") from None
     return _from_document(doc, _Reader(source, base))
 
 

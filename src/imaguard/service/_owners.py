@@ -82,6 +82,8 @@ def parse_owner(text: str | bytes, *, source: str, base: str | None = None) -> O
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(source, "(syntax)", f"not valid TOML: {e}") from e
+    except RecursionError:
+        raise ConfigError(source, "(syntax)", "not valid TOML: nested too deeply") from None
     unknown = sorted(set(doc) - _OWNER_KEYS)
     if unknown:
         raise ConfigError(

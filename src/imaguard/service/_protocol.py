@@ -111,6 +111,8 @@ def parse_body(body: bytes) -> dict[str, Any]:
         obj = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as e:
         raise ProtocolError("bad-frame", f"the frame body is not UTF-8 JSON: {e}") from e
+    except RecursionError:
+        raise ProtocolError("bad-frame", "the frame body's JSON is nested too deeply") from None
     if not isinstance(obj, dict):
         raise ProtocolError("bad-frame", "the frame body must be a JSON object")
     return obj
