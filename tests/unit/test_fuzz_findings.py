@@ -96,3 +96,36 @@ def test_the_fixes_keep_the_algorithm_table_intact() -> None:
         size = by_name(name).digest_size
         text = f"{name}:".encode() + b"ab" * size
         assert unrender_field("d-ng", text) == f"{name}:".encode() + b"\0" + b"\xab" * size
+
+
+def _ima_record(name: bytes) -> bytes:
+    """One binary record of the ``ima`` template (sha1 bank) whose name is ``name``."""
+    head = struct.pack("<I", 10) + b"\x11" * 20 + struct.pack("<I", 3) + b"ima"
+    return head + b"\x22" * 20 + struct.pack("<I", len(name)) + name
+
+
+def test_a_binary_ima_name_with_a_nul_byte_is_refused() -> None:
+    """Found by the measurelist-binary harness: an ``ima`` name ending in NUL bytes parsed to
+    the same entry as the name without them, so the list did not serialize back."""
+    (rec,) = measurelist.parse_binary(_ima_record(b"boot_aggregate"))
+    assert rec.entry.name == b"boot_aggregate"
+    for name in (b"boot_ak\0\0", b"a\0b"):
+        with pytest.raises(FormatError, match="record 0 at byte 0: ima name contains a NUL"):
+            measurelist.parse_binary(_ima_record(name))
+        with pytest.raises(FormatError, match="NUL"):
+            list(measurelist.iter_binary(_ima_record(name)))
+
+
+def test_an_empty_ascii_name_is_stored_with_its_nul() -> None:
+    """Found by the measurelist-ascii harness: for an empty ima-ng name the fast reader
+    (iter_ascii) stored the field as the kernel does, one NUL byte, but parse_ascii stored
+    zero bytes: the two gave different template digests for the same line."""
+    line = (
+        b"10 " + b"00" * 20 + b" ima-ng sha256:" + DIGEST.hex().encode() + b" \n"
+    )  # a violation record: no digest to match, only the template data compared
+    (rec,) = measurelist.parse_ascii(line)
+    assert rec.entry.fields[1] == b"\0"
+    (raw,) = measurelist.iter_ascii(line)
+    assert raw.template_data == rec.entry.template_data()
+    assert unrender_field("n", b"") == b"\0"
+    assert unrender_field("xattrnames", b"") == b""  # no file: the kernel's field is empty

@@ -172,6 +172,8 @@ def iter_binary(data: bytes | memoryview, bank: str = "sha1") -> Iterator[RawRec
             if end - pos < n_len:
                 raise TruncatedError(f"{where}: truncated in the ima name ({n_len} claimed)")
             name = bytes(mv[pos : pos + n_len])
+            if b"\0" in name:  # the kernel writes strlen(n) bytes: never a NUL
+                raise FormatError(f"{where}: ima name contains a NUL byte")
             pos += n_len
             td = d + name.ljust(256, b"\0")
         else:

@@ -208,6 +208,8 @@ def render_field(field_id: str, data: bytes) -> bytes:
 
 def unrender_field(field_id: str, text: bytes) -> bytes:
     """Inverse of :func:`render_field`: the stored bytes from the ASCII rendering."""
+    if field_id in ("n", "n-ng"):
+        return text + b"\0"  # the kernel stores even an empty name with its NUL
     if not text:
         return b""
     try:
