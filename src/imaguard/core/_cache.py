@@ -14,6 +14,7 @@ import json
 import os
 import threading
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from imaguard._fsutil import atomic_write
 from imaguard.appraise._files import ChangeCookie
@@ -48,6 +49,10 @@ class CacheEntry:
     audited: bool = False
     may_emit_tomtou: bool = False
     """A measured read open happened: the next write open is a ToMToU violation."""
+    memo: dict[Any, Any] = field(default_factory=dict)
+    """Whole decisions that a repeat of the same request would reproduce without side
+    effects (the Guard's memo; never saved): they go with the entry when the file changes
+    or the cache is dropped."""
 
 
 class IntegrityCache:

@@ -249,10 +249,75 @@ class Guard:
             sd = self.policies.evaluate(Request(hook, bits, subj, Object(path=path)))
             return self._unexaminable(name, hook, sd, subj, e.reason)
         try:
+            if (
+                self.use_cache
+                and self._value_in_cookie
+                and (fd_name is not None or not self._paths)
+            ):
+                memo = self._memo_lookup(ref, (hook, bits, subj, name, self.mode))
+                if memo is not None:
+                    return memo
             return self._process_open(name, hook, bits, subj, ref)
         finally:
             if not isinstance(target, int):
                 os.close(ref.fd)
+
+    # -- the memo: repeated requests on an unchanged file ---------------------------------------
+    # A decision reached on a cache hit, with nothing failed, nothing written, nothing
+    # measured or audited for the first time and no write in the mask, is what the same
+    # request gives again until the file changes (its change cookie) or the cache is
+    # dropped (reload: policies, keyrings, trust, mode, store). Such a decision is kept on
+    # the file's cache entry and returned as is: no policy evaluation, no xattr read. Path
+    # targets skip the memo when a policy matches paths (a directory renamed above the file
+    # changes its path but not its cookie); a descriptor's name is the caller's.
+
+    _MEMO_MAX = 16
+    """Requests remembered per file (subjects differ); the oldest go first."""
+
+    def _memo_lookup(self, ref: FileRef, key: tuple[Any, ...]) -> Decision | None:
+        cookie = change_cookie(ref.fd, ref.st)
+        entry = self.cache.peek(cookie.key)
+        if entry is None or not entry.memo or entry.cookie != cookie:
+            return None
+        try:
+            found: tuple[Decision, bool] | None = entry.memo.get(key)
+        except TypeError:  # a subject with unhashable labels
+            return None
+        if found is None:
+            return None
+        decision, measured_read = found
+        if measured_read:
+            entry.may_emit_tomtou = True  # as the full path does for a measured read
+        if decision.cached:
+            self.cache.hits += 1
+        return decision
+
+    def _memo_store(
+        self,
+        entry: CacheEntry,
+        key: tuple[Any, ...],
+        epoch: str,
+        decision: Decision,
+        sd: SetDecision,
+        audit_hash: str | None,
+    ) -> None:
+        steady = (
+            (decision.cached or not sd.appraise)
+            and not sd.hash
+            and audit_hash is None
+            and not decision.extra
+            and decision.violation_error is None
+            and all(a.outcome != Outcome.FAILED for a in decision.actions.values())
+        )
+        if not steady or self.cache.epoch != epoch:
+            return
+        try:
+            if len(entry.memo) >= self._MEMO_MAX:
+                entry.memo.pop(next(iter(entry.memo)))
+            measured_read = bool(sd.measure) and decision.hook in _VIOLATION_HOOKS
+            entry.memo[key] = (decision, measured_read)
+        except TypeError:  # a subject with unhashable labels
+            pass
 
     def _unexaminable(
         self, name: str, hook: str, sd: SetDecision, subj: Subject, reason: str
@@ -292,6 +357,7 @@ class Guard:
                 extra=extra,
                 violation_error=violation_error,
             )
+        epoch = self.cache.epoch
         cookie = change_cookie(ref.fd, ref.st)
         use_cache = self.use_cache and sd.cache
         entry = self.cache.lookup(cookie) if use_cache else CacheEntry(cookie)
@@ -381,6 +447,10 @@ class Guard:
             violation_error,
         )
         self._audit(decision, subj, audit_hash)
+        if use_cache and self._value_in_cookie and not bits & MAY_WRITE:
+            self._memo_store(
+                entry, (hook, bits, subj, name, self.mode), epoch, decision, sd, audit_hash
+            )
         return decision
 
     def _tomtou(
