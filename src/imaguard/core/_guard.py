@@ -30,7 +30,14 @@ from typing import Any, Literal
 
 from imaguard.appraise._calls import Require, appraise_value
 from imaguard.appraise._evm import evm_verify
-from imaguard.appraise._files import Digest, FileRef, change_cookie, hash_fd, open_ref
+from imaguard.appraise._files import (
+    ChangeCookie,
+    Digest,
+    FileRef,
+    change_cookie,
+    hash_fd,
+    open_ref,
+)
 from imaguard.appraise._sigstore import SignatureStore, XattrStore, default_store, store_for
 from imaguard.appraise._trustdb import ListInfo, TrustDB
 from imaguard.appraise._verdict import Cause, Status, Verdict
@@ -254,9 +261,11 @@ class Guard:
                 and self._value_in_cookie
                 and (fd_name is not None or not self._paths)
             ):
-                memo = self._memo_lookup(ref, (hook, bits, subj, name, self.mode))
+                cookie = change_cookie(ref.fd, ref.st)
+                memo = self._memo_lookup(cookie, (hook, bits, subj, name, self.mode))
                 if memo is not None:
                     return memo
+                return self._process_open(name, hook, bits, subj, ref, cookie)
             return self._process_open(name, hook, bits, subj, ref)
         finally:
             if not isinstance(target, int):
@@ -274,8 +283,7 @@ class Guard:
     _MEMO_MAX = 16
     """Requests remembered per file (subjects differ); the oldest go first."""
 
-    def _memo_lookup(self, ref: FileRef, key: tuple[Any, ...]) -> Decision | None:
-        cookie = change_cookie(ref.fd, ref.st)
+    def _memo_lookup(self, cookie: ChangeCookie, key: tuple[Any, ...]) -> Decision | None:
         entry = self.cache.peek(cookie.key)
         if entry is None or not entry.memo or entry.cookie != cookie:
             return None
@@ -337,8 +345,15 @@ class Guard:
         return decision
 
     def _process_open(
-        self, name: str, hook: str, bits: int, subj: Subject, ref: FileRef
+        self,
+        name: str,
+        hook: str,
+        bits: int,
+        subj: Subject,
+        ref: FileRef,
+        cookie: ChangeCookie | None = None,
     ) -> Decision:
+        """``cookie``: the file's change cookie when the caller has it already (the memo)."""
         obj = file_object(ref.fd, ref.st, ref.path, resolve=self._paths)
         sd = self.policies.evaluate(Request(hook, bits, subj, obj))
         actions: dict[str, ActionResult] = dict.fromkeys(ACTION_KINDS, NOT_REQUIRED)
@@ -358,7 +373,8 @@ class Guard:
                 violation_error=violation_error,
             )
         epoch = self.cache.epoch
-        cookie = change_cookie(ref.fd, ref.st)
+        if cookie is None:
+            cookie = change_cookie(ref.fd, ref.st)
         use_cache = self.use_cache and sd.cache
         entry = self.cache.lookup(cookie) if use_cache else CacheEntry(cookie)
         digests: dict[str, Digest] = {}
