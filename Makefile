@@ -17,8 +17,10 @@ KEYLIME_SERVER_PKGS := tornado pyzmq requests sqlalchemy alembic psutil pyasn1 p
 
 all: test
 
-# The virtual environment with imaguard (editable) and the dev tools.
-$(STAMP): pyproject.toml
+# The virtual environment with imaguard (editable) and the dev tools. The C extension
+# (src/imaguard/_native.c) is built into src/ when gcc and libssl-dev are there (`make deps`;
+# `make test` installs them first); without them imaguard runs its pure-Python paths.
+$(STAMP): pyproject.toml setup.py src/imaguard/_native.c
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
@@ -108,4 +110,4 @@ soak: deps $(STAMP)
 	nice -n 19 $(PY) bench/soak.py --json bench/out/soak.json
 
 clean:
-	rm -rf $(VENV) $(KEYLIME_VENV) .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.* build dist src/*.egg-info demo-tree
+	rm -rf $(VENV) $(KEYLIME_VENV) .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.* build dist src/*.egg-info src/imaguard/*.so demo-tree

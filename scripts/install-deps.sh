@@ -3,12 +3,13 @@
 #   ima-evm-utils (evmctl), openssl, attr (getfattr/setfattr), xxd, fsverity - independent oracles
 #   swtpm, swtpm-tools, tpm2-tools, tss2                             - a software TPM and its tools
 #   libtss2-dev, pkg-config, gcc                                     - to build tpm2-pytss
+#   libssl-dev                        - to build imaguard's optional C extension (setup.py)
 #   softhsm2, p11-kit-modules (p11-kit-proxy.so, the default module)  - a software
 #   PKCS#11 token for the token-key tests; libengine-pkcs11-openssl for evmctl --engine pkcs11
 #   e2fsprogs (mkfs.ext4, fsck.ext4), mount (mount -o loop, losetup) - small file systems
 #   the measurement-log tests fill up (ENOSPC, a device failing at writeback)
 set -euo pipefail
-pkgs=(ima-evm-utils attr openssl xxd fsverity swtpm swtpm-tools tpm2-tools tss2 libtss2-dev pkg-config gcc
+pkgs=(ima-evm-utils attr openssl xxd fsverity swtpm swtpm-tools tpm2-tools tss2 libtss2-dev pkg-config gcc libssl-dev
       softhsm2 p11-kit-modules libengine-pkcs11-openssl e2fsprogs mount)
 need=()
 for p in "${pkgs[@]}"; do

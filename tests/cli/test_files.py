@@ -794,3 +794,42 @@ def test_parallel_sign_and_verify(keys_dir: dict[str, Path], tmp_path: Path) -> 
     assert r.returncode == 1
     assert r.stderr.count(str(victim)) == 1, r.stderr
     assert f"{count - 1} verified, 1 failed" in _summary(r.stderr)
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_verify_tree_the_same_with_and_without_the_c_path(
+    keys_dir: dict[str, Path], tmp_path: Path, jobs: str
+) -> None:
+    """`verify -r` prints the same lines and exit code whichever quick path runs."""
+    rsa_dir = keys_dir["rsa2048"]
+    key = imaguard.load_private_key(rsa_dir / "private.pem")
+    store = imaguard.XattrStore("user.ima")
+    root = tmp_path / "t"
+    count = batch.INLINE_LIMIT + 300
+    bad: list[Path] = []
+    for i in range(count):
+        d = root / f"d{i % 4}"
+        d.mkdir(parents=True, exist_ok=True)
+        p = d / f"f{i:04d}"
+        p.write_bytes(os.urandom(i % 700 + (70_000 if i % 97 == 0 else 0)))
+        if i % 50 != 49:
+            imaguard.sign_file(p, key, "sha256", store)
+        if i % 61 == 5:
+            with p.open("ab") as f:
+                f.write(b"!")
+        if i % 50 == 49 or i % 61 == 5:
+            bad.append(p)
+    os.mkfifo(root / "d0" / "fifo")
+    outs = []
+    for native in ("1", "0"):
+        env = dict(os.environ, IMAGUARD_NATIVE=native)
+        argv: list[str | os.PathLike[str]] = [
+            *("verify", "--cert", rsa_dir / "cert.der", "--xattr-user", "-r", "-j", jobs, root)
+        ]
+        r = run_sub(*argv, env=env)
+        assert r.returncode == 1
+        assert f"{count - len(bad)} verified, {len(bad)} failed, 1 skipped" in _summary(r.stderr)
+        outs.append((r.stdout, sorted(r.stderr.splitlines())))
+        for p in bad:
+            assert r.stderr.count(f"{p}:") == 1, (p, r.stderr)
+    assert outs[0] == outs[1]

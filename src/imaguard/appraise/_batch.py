@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import select
 import signal
 import stat
@@ -210,6 +209,21 @@ class Counted:
 
 Quick = Callable[[str], bool]
 
+NATIVE_CHUNK = 256
+"""Paths per call of a native quick path (a thread takes one chunk at a time)."""
+
+
+def _many_chunk(operation: Operation, quick: Any, paths: Sequence[str]) -> tuple[int, list[Result]]:
+    ok, rest = quick.many(paths)
+    others: list[Result] = []
+    for path in rest:
+        r = _safe(operation, path)
+        if r.outcome is BatchOutcome.OK and r.data is None and not r.message:
+            ok += 1
+        else:
+            others.append(r)
+    return ok, others
+
 
 def _counted_chunk(
     operation: Operation, quick: Quick | None, paths: Sequence[str]
@@ -243,7 +257,9 @@ def run_counted(
     not called for it); otherwise ``operation`` gives the Result. An ``ok`` Result with no
     message and no data is counted, not kept; ``on_passes(n)`` hears of them in batches.
     Work is shared among forked workers that take chunks from a pipe as they finish the
-    last, and send back only counts and the Results kept.
+    last, and send back only counts and the Results kept; with a native quick path
+    (``quick.native``, see :class:`imaguard.appraise._quick.QuickPass`), among threads
+    that start while the walk goes on.
     """
     report = on_result or (lambda _r: None)
     passed = on_passes or (lambda _n: None)
@@ -259,17 +275,24 @@ def run_counted(
             kept.append(r)
             report(r)
 
+    def refused(entry: WalkEntry) -> Result | None:
+        if entry.error is not None:
+            return Result(entry.path, BatchOutcome.ERROR, f"{entry.path}: {entry.error}")
+        if entry.skip_reason is not None:
+            return Result(entry.path, BatchOutcome.SKIPPED, f"{entry.path}: {entry.skip_reason}")
+        return None
+
+    workers = jobs if jobs is not None else (os.cpu_count() or 1)
+    if getattr(quick, "native", False):
+        _run_native(operation, quick, entries, workers, refused, take)
+        return Counted(counts, kept)
     todo: list[str] = []
     for entry in entries:
-        if entry.error is not None:
-            take(0, [Result(entry.path, BatchOutcome.ERROR, f"{entry.path}: {entry.error}")])
-        elif entry.skip_reason is not None:
-            take(
-                0, [Result(entry.path, BatchOutcome.SKIPPED, f"{entry.path}: {entry.skip_reason}")]
-            )
+        r = refused(entry)
+        if r is not None:
+            take(0, [r])
         else:
             todo.append(entry.path)
-    workers = jobs if jobs is not None else (os.cpu_count() or 1)
     if workers <= 1 or len(todo) <= INLINE_LIMIT:
         for i in range(0, len(todo), CHUNK):
             take(*_counted_chunk(operation, quick, todo[i : i + CHUNK]))
@@ -279,6 +302,68 @@ def run_counted(
     for ok, others in _fork_pool(operation, quick, todo, chunks, workers):
         take(ok, others)
     return Counted(counts, kept)
+
+
+def _run_native(
+    operation: Operation,
+    quick: Any,
+    entries: Iterable[WalkEntry],
+    workers: int,
+    refused: Callable[[WalkEntry], Result | None],
+    take: Callable[[int, list[Result]], None],
+) -> None:
+    """:func:`run_counted` with a quick path that runs in C without the GIL.
+
+    Threads share the cores (no fork), and a chunk starts as soon as the walk has found
+    its files, so walking and verifying overlap. Results are taken in walk order.
+    """
+    from collections import deque
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    pool = (
+        ThreadPoolExecutor(max_workers=workers, thread_name_prefix="imaguard-batch")
+        if workers > 1
+        else None
+    )
+    pending: deque[Future[tuple[int, list[Result]]] | tuple[int, list[Result]]] = deque()
+
+    def drain(block: bool) -> None:
+        while pending:
+            head = pending[0]
+            if isinstance(head, tuple):
+                take(*head)
+            elif block or head.done():
+                take(*head.result())
+            else:
+                return
+            pending.popleft()
+
+    def submit(chunk: list[str]) -> None:
+        if pool is None:
+            take(*_many_chunk(operation, quick, chunk))
+        else:
+            pending.append(pool.submit(_many_chunk, operation, quick, chunk))
+            drain(block=False)
+
+    try:
+        chunk: list[str] = []
+        for entry in entries:
+            r = refused(entry)
+            if r is None:
+                chunk.append(entry.path)
+                if len(chunk) >= NATIVE_CHUNK:
+                    submit(chunk)
+                    chunk = []
+            elif pool is None:
+                take(0, [r])
+            else:
+                pending.append((0, [r]))
+        if chunk:
+            submit(chunk)
+        drain(block=True)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 _TOKEN = 4  # bytes of a chunk number in the task pipe (a read of <= PIPE_BUF is atomic)
@@ -297,6 +382,8 @@ def _fork_pool(
     writes its result to a pipe of its own. A chunk whose worker died unreported is done
     here, in the calling process, so a crash loses nothing.
     """
+    import pickle
+
     if len(chunks) * _TOKEN > 60_000:  # pragma: no cover - chunks are sized far below
         raise ValueError("too many chunks for the task pipe")
     task_r, task_w = os.pipe()
@@ -373,6 +460,8 @@ def _worker(
     task_r: int,
     res_w: int,
 ) -> None:  # pragma: no cover - runs in a forked child
+    import pickle
+
     while True:
         token = os.read(task_r, _TOKEN)
         if len(token) < _TOKEN:

@@ -9,6 +9,12 @@ unknown, revoked or shared key id, a blacklisted digest, a file that changed whi
 signature that does not verify, any error) answers False, and the caller asks
 :func:`imaguard.appraise` for the verdict and its reason: the predicate decides nothing
 that the full path would decide otherwise, it only skips building the verdict of a pass.
+
+Where the optional C extension ``imaguard._native`` is built, :meth:`QuickPass.many`
+answers for a whole batch in C with the GIL released (two threads verify on two cores in
+one process); which (algorithm, key id) pairs it may trust is still decided here, by
+``check_for``, and handed to it one pair at a time. ``IMAGUARD_NATIVE=0`` in the
+environment turns it off; the answers are the same either way.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import functools
 import hashlib
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from imaguard.appraise._files import FileRef, hash_fd
@@ -28,7 +34,7 @@ from imaguard.formats import hashalgo
 if TYPE_CHECKING:
     from imaguard.crypto._keyring import Keyring
 
-__all__ = ["quick_pass"]
+__all__ = ["QuickPass", "native_enabled", "quick_pass"]
 
 SMALL = 1 << 16
 """Files up to this size are read with one ``read``; larger ones through ``hash_fd``."""
@@ -40,16 +46,70 @@ _HEADER = 9
 Check = Callable[[bytes, bytes], bool]
 
 
+def _native_module() -> Any:
+    try:
+        from imaguard import _native
+    except ImportError:
+        return None
+    return _native
+
+
+def native_enabled() -> bool:
+    """Whether :meth:`QuickPass.many` runs in C here (built, and not turned off)."""
+    return os.environ.get("IMAGUARD_NATIVE", "1") != "0" and _native_module() is not None
+
+
+class QuickPass:
+    """The predicate of :func:`quick_pass`: ``quick(path) -> bool``, and :meth:`many`."""
+
+    def __init__(self, passes: Callable[[str], bool], native: Any) -> None:
+        self._passes = passes
+        self._native = native
+
+    @property
+    def native(self) -> bool:
+        """True when :meth:`many` runs in C without the GIL (worth a thread per core)."""
+        return self._native is not None
+
+    def __call__(self, path: str) -> bool:
+        return self._passes(path)
+
+    def many(self, paths: Sequence[str]) -> tuple[int, list[str]]:
+        """How many of ``paths`` certainly pass, and the others (in order), for the full
+        path to judge."""
+        if self._native is None:
+            rest = [p for p in paths if not self._passes(p)]
+            return len(paths) - len(rest), rest
+        flags = self._native.run(paths)
+        ok = flags.count(1)
+        if ok == len(paths):
+            return ok, []
+        rest = []
+        for path, flag in zip(paths, flags, strict=True):
+            if flag == 1:
+                continue
+            # 2: a pair seen for the first time; the Python predicate registers it.
+            if flag == 2 and self._passes(path):
+                ok += 1
+            else:
+                rest.append(path)
+        return ok, rest
+
+
 def quick_pass(
     keyring: Keyring,
     *,
     require: str,
     store: SignatureStore,
     algorithms: frozenset[str] | None = None,
-) -> Callable[[str], bool] | None:
+    native: bool | None = None,
+) -> QuickPass | None:
     """A predicate ``passes(path) -> bool`` as described above, or None when these
     settings have no quick path (a store other than an xattr, a digest or fs-verity
     requirement): then every file goes through :func:`imaguard.appraise`.
+
+    ``native`` asks for the C path (None: where :func:`native_enabled`); it is not used
+    while the keyring blacklists digests (the blacklist is looked up in Python).
     """
     if not isinstance(store, XattrStore) or require not in ("signature", "any"):
         return None
@@ -57,6 +117,8 @@ def quick_pass(
 
     attribute = store.attribute
     blacklist = keyring.blacklisted_digests
+    use_native = native_enabled() if native is None else native and _native_module() is not None
+    fast = _native_module().QuickVerifier(attribute) if use_native and not blacklist else None
     # (algorithm id, key id) -> (hash constructor, check); filled on first use.
     checks: dict[tuple[int, int], tuple[Callable[[bytes], Any], Check] | None] = {}
 
@@ -82,6 +144,17 @@ def quick_pass(
             except Error:
                 found = None  # an algorithm that cannot sign: the full path says so
         checks[(algo_id, key_id)] = found
+        if fast is not None:
+            if found is None or algo is None:
+                fast.add(algo_id, key_id, None)
+            else:
+                from cryptography.hazmat.primitives import serialization
+
+                der = certs[0].public_key.public_bytes(
+                    serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+                )
+                name = (algo.hashlib_name or algo.name).replace("_", "-")
+                fast.add(algo_id, key_id, name, der, algo.digest_size)
         return found
 
     def passes(path: str) -> bool:
@@ -127,4 +200,4 @@ def quick_pass(
             return False
         return check(digest, raw[_HEADER:])
 
-    return passes
+    return QuickPass(passes, fast)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,9 +111,19 @@ def run_batch_counted(
     store: SignatureStore,
     label: str,
 ) -> batch.Counted:
-    """:func:`run_batch` for a verb whose passes print nothing: they are counted."""
-    entries = _walk(paths, recursive, follow, store)
-    progress = _Progress(len(entries), label)
+    """:func:`run_batch` for a verb whose passes print nothing: they are counted.
+
+    Without a progress bar (stderr not a terminal) nothing needs the number of files in
+    advance, so the walk is handed on as it goes and the work starts with its first files.
+    """
+    entries: Iterable[Any]
+    if sys.stderr.isatty():
+        entries = _walk(paths, recursive, follow, store)
+        progress = _Progress(len(entries), label)
+    else:
+        skip = (SidecarStore.suffix,) if isinstance(store, SidecarStore) else ()
+        entries = batch.walk(paths, recursive=recursive, follow_symlinks=follow, skip_suffixes=skip)
+        progress = _Progress(0, label, enabled=False)
 
     try:
         return batch.run_counted(

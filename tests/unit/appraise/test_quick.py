@@ -1,4 +1,8 @@
-"""The quick path of a tree verify: True only where appraise() passes; the counted runner."""
+"""The quick path of a tree verify: True only where appraise() passes; the counted runner.
+
+Each test runs twice: on the pure-Python predicate and on the C one (imaguard._native),
+through :meth:`QuickPass.many` as the tree verbs call it.
+"""
 
 from __future__ import annotations
 
@@ -9,18 +13,45 @@ from pathlib import Path
 import pytest
 
 import imaguard
+from helpers import oracle_missing
 from imaguard.appraise import _batch as batch
-from imaguard.appraise._quick import SMALL, quick_pass
+from imaguard.appraise._quick import SMALL, QuickPass, native_enabled, quick_pass
 from imaguard.formats import hashalgo
 from imaguard.formats.xattr import digest_value
 
 STORE = imaguard.XattrStore("user.ima")
 
+_NATIVE = False  # which predicate _passes builds: set by the autouse fixture below
+
+
+@pytest.fixture(autouse=True, params=["python", "c"])
+def native(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    global _NATIVE
+    _NATIVE = bool(request.param == "c")
+    monkeypatch.delenv("IMAGUARD_NATIVE", raising=False)
+    if _NATIVE and not native_enabled():
+        oracle_missing("imaguard._native is not built (needs gcc and libssl-dev: make deps)")
+    return bool(_NATIVE)
+
 
 def _passes(ring: imaguard.Keyring, **kw: object) -> Callable[[str], bool]:
-    q = quick_pass(ring, require="signature", store=STORE, **kw)  # type: ignore[arg-type]
+    q = quick_pass(ring, require="signature", store=STORE, native=_NATIVE, **kw)  # type: ignore[arg-type]
     assert q is not None
-    return q
+    assert q.native == (_NATIVE and not ring.blacklisted_digests)
+    return _one_by_one(q)
+
+
+def _one_by_one(q: QuickPass) -> Callable[[str], bool]:
+    """The predicate, asked through many() as the batch runner asks it."""
+
+    def passes(path: str) -> bool:
+        ok, rest = q.many([path])
+        assert (ok, rest) in ((1, []), (0, [path]))
+        if q.native:  # a second ask, with the pair now registered in C, answers the same
+            assert q.many([path]) == (ok, rest)
+        return ok == 1
+
+    return passes
 
 
 def _signed(path: Path, key: imaguard.PrivateKey, data: bytes, algo: str = "sha256") -> Path:
@@ -164,16 +195,21 @@ def test_counted_run_matches_the_plain_run(
     plain = batch.run(_op(rsa_ring), entries, jobs=1)
     reported: list[batch.Result] = []
     passes: list[int] = []
+    quick = quick_pass(rsa_ring, require="signature", store=STORE, native=_NATIVE)
     counted = batch.run_counted(
         _op(rsa_ring),
-        entries,
-        quick=_passes(rsa_ring),
+        iter(entries),  # a walk still going on, as the command line hands it over
+        quick=quick,
         jobs=jobs,
         on_result=reported.append,
         on_passes=passes.append,
     )
     expect = [r for r in plain if r.outcome is not batch.BatchOutcome.OK]
-    assert counted.results == expect == reported
+    walked = list(expect)
+    if _NATIVE:  # results come in walk order (the forked run reports skips first)
+        order = {e.path: i for i, e in enumerate(entries)}
+        walked.sort(key=lambda r: order[r.path])
+    assert counted.results == walked == reported
     assert [r.outcome for r in expect].count(batch.BatchOutcome.FAILED) == len(bad)
     assert counted.counts[batch.BatchOutcome.OK] == sum(passes) == count - len(bad)
     assert counted.counts[batch.BatchOutcome.SKIPPED] == 1
@@ -183,6 +219,7 @@ def test_counted_run_matches_the_plain_run(
     assert slow.counts == counted.counts
 
 
+@pytest.mark.parametrize("native", ["python"], indirect=True)  # forked workers: no C path
 def test_a_worker_that_dies_loses_nothing(
     tmp_path: Path, rsa_key: imaguard.PrivateKey, rsa_ring: imaguard.Keyring
 ) -> None:
@@ -190,7 +227,8 @@ def test_a_worker_that_dies_loses_nothing(
     files = _tree(tmp_path, rsa_key, count, {7})
     parent = os.getpid()
     victim = str(files[count // 2])
-    quick = _passes(rsa_ring)
+    quick = quick_pass(rsa_ring, require="signature", store=STORE, native=False)
+    assert quick is not None
 
     def dying(path: str) -> bool:
         if path == victim and os.getpid() != parent:

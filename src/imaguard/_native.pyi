@@ -1,0 +1,19 @@
+"""Types of the optional C extension built from _native.c (see setup.py)."""
+
+from collections.abc import Sequence
+
+SMALL: int
+OPENSSL_VERSION: str
+
+class QuickVerifier:
+    def __init__(self, attribute: str) -> None: ...
+    def run(self, paths: Sequence[str], /) -> bytes: ...
+    def add(
+        self,
+        algo_id: int,
+        key_id: int,
+        md_name: str | None,
+        spki_der: bytes | None = None,
+        digest_size: int = 0,
+        /,
+    ) -> bool: ...
