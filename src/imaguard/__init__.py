@@ -21,11 +21,9 @@ from imaguard.appraise import (
     Status,
     Verdict,
     VerdictCache,
-    VerifiedFile,
     XattrStore,
     appraise,
     hash_file,
-    load_verified,
     sign_bytes,
     sign_file,
     signature_info,
@@ -64,13 +62,16 @@ _LAZY = {
     "Keyring": "imaguard.crypto",
     "PrivateKey": "imaguard.crypto",
     "Subject": "imaguard.policy",
+    "VerifiedFile": "imaguard.appraise",
     "generate_key": "imaguard.crypto",
     "load_certificates": "imaguard.crypto",
     "load_private_key": "imaguard.crypto",
+    "load_verified": "imaguard.appraise",
     "verified_open": "imaguard.loaders",
 }
 
 if _TYPE_CHECKING:
+    from imaguard.appraise import VerifiedFile, load_verified
     from imaguard.core import Decision, Guard
     from imaguard.crypto import (
         Certificate,

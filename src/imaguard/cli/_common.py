@@ -25,9 +25,12 @@ EXIT_ERROR = 2
 class _Exit(Exception):  # noqa: N818 - control flow, not an error
     """Raised by a command to end with an exit code; :func:`main` turns it into one."""
 
-    def __init__(self, code: int) -> None:
+    def __init__(self, code: int, *, fast: bool = False) -> None:
         super().__init__(code)
         self.code = code
+        self.fast = fast
+        """The command holds nothing to flush or close but the standard streams: the
+        process may end without tearing the interpreter down (see :func:`main`)."""
 
 
 def err(message: str) -> None:

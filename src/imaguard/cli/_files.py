@@ -159,7 +159,7 @@ def verify(
             store=st,
             label="verifying",
         )
-        raise _Exit(summary_counts("verified", counted.counts, recursive))
+        raise _Exit(summary_counts("verified", counted.counts, recursive), fast=True)
     echo_ok = None if as_json or not verbose else (lambda r: click.echo(r.message))
     results = run_batch(
         paths,
@@ -183,7 +183,7 @@ def verify(
                     {**blank, "path": r.path, "status": r.outcome.value, "detail": r.message}
                 )
         click.echo(json.dumps(out, indent=2))
-    raise _Exit(summary("verified", results, recursive))
+    raise _Exit(summary("verified", results, recursive), fast=True)
 
 
 @click.command("hash")
@@ -225,7 +225,7 @@ def hash_cmd(
         label="hashing",
         echo_ok=lambda r: click.echo(f"{r.message}  {r.path}"),
     )
-    raise _Exit(summary("hashed", results, recursive))
+    raise _Exit(summary("hashed", results, recursive), fast=True)
 
 
 def _describe(path: str, info: Any, store_name: str) -> str:

@@ -176,6 +176,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     global _debug
     _debug = False
     code = EXIT_OK
+    fast = False
     try:
         cli.main(
             args=list(argv) if argv is not None else None,
@@ -184,6 +185,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         )
     except _Exit as e:
         code = e.code
+        fast = e.fast and argv is None  # the process's own entry point, not a caller's
     except click.exceptions.Exit as e:
         code = e.exit_code
     except click.ClickException as e:
@@ -210,4 +212,23 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
             + ("" if _debug else " (run with -v or --debug for the traceback)")
         )
         code = EXIT_ERROR
+    if fast:
+        _exit_now(code)
     sys.exit(code)
+
+
+def _exit_now(code: int) -> None:
+    """End the process without finalizing the interpreter (about 10 ms of freeing objects
+    and modules that the OS frees at once): flush the streams, run the atexit handlers
+    (logging's, coverage's), then ``os._exit``. Only for a command that said it holds
+    nothing else to flush or close; if a stream cannot be flushed, the normal exit runs.
+    """
+    import atexit
+
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        return
+    atexit._run_exitfuncs()
+    os._exit(code)
