@@ -380,6 +380,556 @@ static void QuickVerifier_dealloc(QuickVerifier *self)
 }
 
 
+/* ---------------------------------------------------------------------------------------
+ * The measurement log's common ASCII record, "PCR TEMPLATE-DIGEST ima-ng ALGO:HEX NAME"
+ * (the kernel's ima_ascii_measurements_show, security/integrity/ima/ima_fs.c), as
+ * imaguard/measure/_parallel.py's scan_ascii and _judge_ascii read it: these functions
+ * take only lines that code's own fast path takes, and stop at (scan) or hand back
+ * (judge) every other line for the format module's reader.
+ * ------------------------------------------------------------------------------------- */
+
+#define MAX_PCR 24
+#define MAX_BANKS 8
+
+typedef struct {
+    const unsigned char *f[5];
+    size_t n[5];
+} Parts;
+
+/* Exactly five fields separated by single spaces (bytes.split(b" ") giving 5 parts). */
+static int split5(const unsigned char *p, size_t len, Parts *out)
+{
+    size_t k = 0, begin = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (p[i] == ' ') {
+            if (k == 4)
+                return 0;
+            out->f[k] = p + begin;
+            out->n[k] = i - begin;
+            k++;
+            begin = i + 1;
+        }
+    }
+    if (k != 4)
+        return 0;
+    out->f[4] = p + begin;
+    out->n[4] = len - begin;
+    return 1;
+}
+
+/* The PCR column as str(i) for i < MAX_PCR writes it (no sign, no leading zero). */
+static int pcr_text(const unsigned char *p, size_t n)
+{
+    if (n == 1 && p[0] >= '0' && p[0] <= '9')
+        return p[0] - '0';
+    if (n == 2 && p[0] >= '1' && p[0] <= '9' && p[1] >= '0' && p[1] <= '9') {
+        int v = (p[0] - '0') * 10 + (p[1] - '0');
+        return v < MAX_PCR ? v : -1;
+    }
+    return -1;
+}
+
+static int hexval(unsigned char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/* binascii.unhexlify: even length, hex digits of either case. */
+static int unhex(const unsigned char *p, size_t n, unsigned char *out)
+{
+    if (n % 2)
+        return 0;
+    for (size_t i = 0; i < n; i += 2) {
+        int hi = hexval(p[i]), lo = hexval(p[i + 1]);
+        if (hi < 0 || lo < 0)
+            return 0;
+        out[i / 2] = (unsigned char)(hi << 4 | lo);
+    }
+    return 1;
+}
+
+static int all_ascii(const unsigned char *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (p[i] & 0x80)
+            return 0;
+    return 1;
+}
+
+static void put_le32(unsigned char *p, uint32_t v)
+{
+    p[0] = (unsigned char)v;
+    p[1] = (unsigned char)(v >> 8);
+    p[2] = (unsigned char)(v >> 16);
+    p[3] = (unsigned char)(v >> 24);
+}
+
+typedef struct {
+    unsigned char *p;
+    size_t n, cap;
+} Buf;
+
+static int buf_reserve(Buf *b, size_t extra)
+{
+    if (b->n + extra <= b->cap)
+        return 1;
+    size_t cap = b->cap ? b->cap : 4096;
+    while (cap < b->n + extra)
+        cap *= 2;
+    unsigned char *q = realloc(b->p, cap);
+    if (q == NULL)
+        return 0;
+    b->p = q;
+    b->cap = cap;
+    return 1;
+}
+
+static int buf_add(Buf *b, const void *data, size_t n)
+{
+    if (!buf_reserve(b, n))
+        return 0;
+    memcpy(b->p + b->n, data, n);
+    b->n += n;
+    return 1;
+}
+
+static EVP_MD *fetch_md(PyObject *name)
+{
+    const char *s = PyUnicode_AsUTF8(name);
+    if (s == NULL)
+        return NULL;
+    EVP_MD *md = EVP_MD_fetch(NULL, s, NULL);
+    if (md == NULL) {
+        ERR_clear_error();
+        PyErr_Format(PyExc_ValueError, "unknown digest %R", name);
+    }
+    return md;
+}
+
+/* scan_ima_ng(text, start, end, digest_bank, banks)
+ *   -> (stop, count, pcrs, values, failures, violations)
+ * From byte start (a line's start) to end, take lines while each is an empty line or a
+ * common ima-ng record; stop at the first other line (stop = its offset; end when none).
+ * values: per bank, the digests each record extends that bank with, concatenated (0xff..
+ * for a violation, a record whose stored digest is all zeros); failures: the indexes
+ * whose stored digest is not the digest_bank hash of the template data. */
+static PyObject *scan_ima_ng(PyObject *self, PyObject *args)
+{
+    (void)self;
+    Py_buffer text;
+    Py_ssize_t start, end;
+    PyObject *digest_name, *bank_names;
+    if (!PyArg_ParseTuple(args, "y*nnUO!:scan_ima_ng", &text, &start, &end, &digest_name,
+                          &PyTuple_Type, &bank_names))
+        return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t nbanks = PyTuple_GET_SIZE(bank_names);
+    EVP_MD *mds[MAX_BANKS] = {0};
+    EVP_MD *check_md = NULL;
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    Buf values[MAX_BANKS] = {{0}};
+    Buf pcrs = {0}, td = {0}, fails = {0}, viols = {0};
+    unsigned char stored[EVP_MAX_MD_SIZE], check[EVP_MAX_MD_SIZE], h[EVP_MAX_MD_SIZE];
+    unsigned char zero[EVP_MAX_MD_SIZE] = {0};
+    unsigned char ff[EVP_MAX_MD_SIZE];
+    memset(ff, 0xff, sizeof ff);
+    Py_ssize_t check_bank = -1;
+    size_t size = 0;
+
+    if (ctx == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    if (start < 0 || end > text.len || start > end) {
+        PyErr_SetString(PyExc_ValueError, "scan_ima_ng: range out of bounds");
+        goto done;
+    }
+    if (nbanks < 1 || nbanks > MAX_BANKS) {
+        PyErr_SetString(PyExc_ValueError, "scan_ima_ng: 1 to 8 banks");
+        goto done;
+    }
+    for (Py_ssize_t b = 0; b < nbanks; b++) {
+        PyObject *name = PyTuple_GET_ITEM(bank_names, b);
+        if (!PyUnicode_Check(name)) {
+            PyErr_SetString(PyExc_TypeError, "scan_ima_ng: bank names are str");
+            goto done;
+        }
+        if ((mds[b] = fetch_md(name)) == NULL)
+            goto done;
+        if (check_bank < 0 && PyUnicode_Compare(name, digest_name) == 0)
+            check_bank = b;
+    }
+    if (check_bank < 0 && (check_md = fetch_md(digest_name)) == NULL)
+        goto done;
+    size = (size_t)EVP_MD_get_size(check_bank >= 0 ? mds[check_bank] : check_md);
+    const unsigned char *base = text.buf;
+    Py_ssize_t pos = start;
+    Py_ssize_t index = 0;
+    while (pos < end) {
+        const unsigned char *line = base + pos;
+        const unsigned char *nl = memchr(line, '\n', (size_t)(end - pos));
+        size_t len = nl ? (size_t)(nl - line) : (size_t)(end - pos);
+        Py_ssize_t next = pos + (Py_ssize_t)len + (nl ? 1 : 0);
+        if (len == 0) {
+            pos = next;
+            continue;
+        }
+        Parts f;
+        if (!split5(line, len, &f) || f.n[2] != 6 || memcmp(f.f[2], "ima-ng", 6) != 0
+            || f.n[1] != 2 * size)
+            break;
+        int pcr = pcr_text(f.f[0], f.n[0]);
+        const unsigned char *colon = memchr(f.f[3], ':', f.n[3]);
+        if (pcr < 0 || colon == NULL || !all_ascii(f.f[3], f.n[3]))
+            break;
+        size_t algo_len = (size_t)(colon - f.f[3]) + 1; /* with the colon */
+        size_t hex_len = f.n[3] - algo_len;
+        if (!unhex(f.f[1], f.n[1], stored))
+            break;
+        td.n = 0;
+        if (!buf_reserve(&td, 8 + algo_len + 1 + hex_len / 2 + f.n[4] + 1)) {
+            PyErr_NoMemory();
+            goto done;
+        }
+        unsigned char *q = td.p;
+        put_le32(q, (uint32_t)(algo_len + 1 + hex_len / 2));
+        q += 4;
+        memcpy(q, f.f[3], algo_len);
+        q += algo_len;
+        *q++ = 0;
+        if (!unhex(colon + 1, hex_len, q))
+            break;
+        q += hex_len / 2;
+        put_le32(q, (uint32_t)(f.n[4] + 1));
+        q += 4;
+        memcpy(q, f.f[4], f.n[4]);
+        q += f.n[4];
+        *q++ = 0;
+        td.n = (size_t)(q - td.p);
+
+        unsigned char p8 = (unsigned char)pcr;
+        int viol = memcmp(stored, zero, size) == 0;
+        if (!buf_add(&pcrs, &p8, 1))
+            goto nomem;
+        for (Py_ssize_t b = 0; b < nbanks; b++) {
+            size_t hs = (size_t)EVP_MD_get_size(mds[b]);
+            if (viol) {
+                if (!buf_add(&values[b], ff, hs))
+                    goto nomem;
+                continue;
+            }
+            unsigned int hl;
+            if (EVP_DigestInit_ex(ctx, mds[b], NULL) != 1
+                || EVP_DigestUpdate(ctx, td.p, td.n) != 1
+                || EVP_DigestFinal_ex(ctx, h, &hl) != 1) {
+                PyErr_SetString(PyExc_RuntimeError, "scan_ima_ng: digest failed");
+                goto done;
+            }
+            if (!buf_add(&values[b], h, hl))
+                goto nomem;
+            if (b == check_bank)
+                memcpy(check, h, hl);
+        }
+        if (viol) {
+            if (!buf_add(&viols, &index, sizeof index))
+                goto nomem;
+        } else {
+            if (check_bank < 0) {
+                unsigned int hl;
+                if (EVP_DigestInit_ex(ctx, check_md, NULL) != 1
+                    || EVP_DigestUpdate(ctx, td.p, td.n) != 1
+                    || EVP_DigestFinal_ex(ctx, check, &hl) != 1) {
+                    PyErr_SetString(PyExc_RuntimeError, "scan_ima_ng: digest failed");
+                    goto done;
+                }
+            }
+            if (memcmp(check, stored, size) != 0 && !buf_add(&fails, &index, sizeof index))
+                goto nomem;
+        }
+        index++;
+        pos = next;
+    }
+    {
+        PyObject *vals = PyTuple_New(nbanks);
+        PyObject *fl = PyList_New((Py_ssize_t)(fails.n / sizeof(Py_ssize_t)));
+        PyObject *vl = PyList_New((Py_ssize_t)(viols.n / sizeof(Py_ssize_t)));
+        PyObject *pc = PyBytes_FromStringAndSize((const char *)pcrs.p, (Py_ssize_t)pcrs.n);
+        if (vals == NULL || fl == NULL || vl == NULL || pc == NULL) {
+            Py_XDECREF(vals);
+            Py_XDECREF(fl);
+            Py_XDECREF(vl);
+            Py_XDECREF(pc);
+            goto done;
+        }
+        int bad = 0;
+        for (Py_ssize_t b = 0; b < nbanks; b++) {
+            PyObject *v = PyBytes_FromStringAndSize((const char *)values[b].p,
+                                                    (Py_ssize_t)values[b].n);
+            if (v == NULL)
+                bad = 1;
+            else
+                PyTuple_SET_ITEM(vals, b, v);
+        }
+        for (Py_ssize_t i = 0; !bad && i < PyList_GET_SIZE(fl); i++) {
+            PyObject *x = PyLong_FromSsize_t(((Py_ssize_t *)fails.p)[i]);
+            if (x == NULL)
+                bad = 1;
+            else
+                PyList_SET_ITEM(fl, i, x);
+        }
+        for (Py_ssize_t i = 0; !bad && i < PyList_GET_SIZE(vl); i++) {
+            PyObject *x = PyLong_FromSsize_t(((Py_ssize_t *)viols.p)[i]);
+            if (x == NULL)
+                bad = 1;
+            else
+                PyList_SET_ITEM(vl, i, x);
+        }
+        if (bad) {
+            Py_DECREF(vals);
+            Py_DECREF(fl);
+            Py_DECREF(vl);
+            Py_DECREF(pc);
+            goto done;
+        }
+        result = Py_BuildValue("nnNNNN", pos, index, pc, vals, fl, vl);
+    }
+    goto done;
+nomem:
+    PyErr_NoMemory();
+done:
+    for (Py_ssize_t b = 0; b < MAX_BANKS; b++) {
+        EVP_MD_free(mds[b]);
+        free(values[b].p);
+    }
+    EVP_MD_free(check_md);
+    EVP_MD_CTX_free(ctx);
+    free(pcrs.p);
+    free(td.p);
+    free(fails.p);
+    free(viols.p);
+    PyBuffer_Release(&text);
+    return result;
+}
+
+/* chain(bank, pcrs, values, watch) -> (regs, hits), as _parallel.chain. */
+static PyObject *chain(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *bank, *watch;
+    Py_buffer pcrs, values;
+    if (!PyArg_ParseTuple(args, "Uy*y*O!:chain", &bank, &pcrs, &values, &PyDict_Type, &watch))
+        return NULL;
+    PyObject *result = NULL, *regs_list = NULL, *hits = NULL;
+    Buf hitbuf[MAX_PCR] = {{0}};
+    unsigned char regs[MAX_PCR][EVP_MAX_MD_SIZE];
+    unsigned char want[MAX_PCR][EVP_MAX_MD_SIZE];
+    int watched[MAX_PCR] = {0};
+    unsigned char in[2 * EVP_MAX_MD_SIZE];
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    EVP_MD *md = fetch_md(bank);
+    if (md == NULL || ctx == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_NoMemory();
+        goto done;
+    }
+    size_t size = (size_t)EVP_MD_get_size(md);
+    Py_ssize_t n = pcrs.len;
+    if ((size_t)values.len < (size_t)n * size) {
+        PyErr_SetString(PyExc_ValueError, "chain: fewer values than records");
+        goto done;
+    }
+    memset(regs, 0, sizeof regs);
+    PyObject *key, *val;
+    Py_ssize_t it = 0;
+    while (PyDict_Next(watch, &it, &key, &val)) {
+        long p = PyLong_AsLong(key);
+        if (p == -1 && PyErr_Occurred())
+            goto done;
+        if (p < 0 || p >= MAX_PCR || !PyBytes_Check(val)) {
+            PyErr_SetString(PyExc_ValueError, "chain: watch maps a PCR to its bytes");
+            goto done;
+        }
+        watched[p] = PyBytes_GET_SIZE(val) == (Py_ssize_t)size ? 1 : 2; /* 2: never equal */
+        if (watched[p] == 1)
+            memcpy(want[p], PyBytes_AS_STRING(val), size);
+    }
+    const unsigned char *pc = pcrs.buf;
+    const unsigned char *vs = values.buf;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned p = pc[i];
+        if (p >= MAX_PCR) {
+            PyErr_Format(PyExc_IndexError, "chain: PCR %u out of range", p);
+            goto done;
+        }
+        unsigned int hl;
+        memcpy(in, regs[p], size);
+        memcpy(in + size, vs + (size_t)i * size, size);
+        if (EVP_DigestInit_ex(ctx, md, NULL) != 1 || EVP_DigestUpdate(ctx, in, 2 * size) != 1
+            || EVP_DigestFinal_ex(ctx, regs[p], &hl) != 1) {
+            PyErr_SetString(PyExc_RuntimeError, "chain: digest failed");
+            goto done;
+        }
+        if (watched[p] == 1 && memcmp(regs[p], want[p], size) == 0) {
+            Py_ssize_t count = i + 1;
+            if (!buf_add(&hitbuf[p], &count, sizeof count)) {
+                PyErr_NoMemory();
+                goto done;
+            }
+        }
+    }
+    regs_list = PyList_New(MAX_PCR);
+    hits = PyDict_New();
+    if (regs_list == NULL || hits == NULL)
+        goto done;
+    for (int p = 0; p < MAX_PCR; p++) {
+        PyObject *r = PyBytes_FromStringAndSize((const char *)regs[p], (Py_ssize_t)size);
+        if (r == NULL)
+            goto done;
+        PyList_SET_ITEM(regs_list, p, r);
+    }
+    it = 0;
+    while (PyDict_Next(watch, &it, &key, &val)) {
+        long p = PyLong_AsLong(key);
+        Py_ssize_t k = (Py_ssize_t)(hitbuf[p].n / sizeof(Py_ssize_t));
+        PyObject *lst = PyList_New(k);
+        if (lst == NULL)
+            goto done;
+        for (Py_ssize_t j = 0; j < k; j++) {
+            PyObject *x = PyLong_FromSsize_t(((Py_ssize_t *)hitbuf[p].p)[j]);
+            if (x == NULL) {
+                Py_DECREF(lst);
+                goto done;
+            }
+            PyList_SET_ITEM(lst, j, x);
+        }
+        int rc = PyDict_SetItem(hits, key, lst);
+        Py_DECREF(lst);
+        if (rc < 0)
+            goto done;
+    }
+    result = PyTuple_Pack(2, regs_list, hits);
+done:
+    Py_XDECREF(regs_list);
+    Py_XDECREF(hits);
+    for (int p = 0; p < MAX_PCR; p++)
+        free(hitbuf[p].p);
+    EVP_MD_free(md);
+    EVP_MD_CTX_free(ctx);
+    PyBuffer_Release(&pcrs);
+    PyBuffer_Release(&values);
+    return result;
+}
+
+/* judge_ima_ng(text, hexsize, digests) -> list of (offset, line number, index)
+ * The lines _judge_ascii must read with the format module's reader: all but the ima-ng
+ * lines its fast path passes (a violation, or a name the policy's digests map allows
+ * with this lowercase digest). The first record is always handed back. */
+static PyObject *judge_ima_ng(PyObject *self, PyObject *args)
+{
+    (void)self;
+    Py_buffer text;
+    Py_ssize_t hexsize;
+    PyObject *digests;
+    if (!PyArg_ParseTuple(args, "y*nO!:judge_ima_ng", &text, &hexsize, &PyDict_Type, &digests))
+        return NULL;
+    PyObject *out = PyList_New(0);
+    if (out == NULL) {
+        PyBuffer_Release(&text);
+        return NULL;
+    }
+    const unsigned char *base = text.buf;
+    Py_ssize_t end = text.len, pos = 0, number = 0, index = 0;
+    while (pos < end) {
+        const unsigned char *line = base + pos;
+        const unsigned char *nl = memchr(line, '\n', (size_t)(end - pos));
+        size_t len = nl ? (size_t)(nl - line) : (size_t)(end - pos);
+        Py_ssize_t here = pos;
+        pos += (Py_ssize_t)len + (nl ? 1 : 0);
+        number++;
+        if (len == 0)
+            continue;
+        int fast = 0;
+        Parts f;
+        if (index > 0 && split5(line, len, &f) && f.n[2] == 6
+            && memcmp(f.f[2], "ima-ng", 6) == 0 && f.n[1] == (size_t)hexsize
+            && pcr_text(f.f[0], f.n[0]) >= 0) {
+            int zeros = 1;
+            for (size_t i = 0; i < f.n[1]; i++)
+                if (f.f[1][i] != '0') {
+                    zeros = 0;
+                    break;
+                }
+            if (zeros) {
+                fast = 1; /* a violation: not judged */
+            } else {
+                const unsigned char *colon = memchr(f.f[3], ':', f.n[3]);
+                const unsigned char *hx = colon ? colon + 1 : f.f[3];
+                size_t hn = (size_t)(f.f[3] + f.n[3] - hx);
+                int lower = 0, ok = 1;
+                for (size_t i = 0; i < hn; i++) {
+                    unsigned char c = hx[i];
+                    if (c >= 'a' && c <= 'z')
+                        lower = 1;
+                    else if ((c >= 'A' && c <= 'Z') || c >= 0x80)
+                        ok = 0; /* str.islower() is False, or not decided here */
+                }
+                if (ok && lower) {
+                    PyObject *path = PyUnicode_DecodeUTF8((const char *)f.f[4],
+                                                          (Py_ssize_t)f.n[4], "surrogateescape");
+                    if (path == NULL)
+                        goto fail;
+                    PyObject *allowed = PyDict_GetItemWithError(digests, path);
+                    Py_DECREF(path);
+                    if (allowed == NULL && PyErr_Occurred())
+                        goto fail;
+                    if (allowed != NULL) {
+                        PyObject *hexd = PyUnicode_DecodeASCII((const char *)hx, (Py_ssize_t)hn,
+                                                               NULL);
+                        if (hexd == NULL)
+                            goto fail;
+                        int in = PySequence_Contains(allowed, hexd);
+                        Py_DECREF(hexd);
+                        if (in < 0)
+                            goto fail;
+                        fast = in;
+                    }
+                }
+            }
+        }
+        if (!fast) {
+            PyObject *t = Py_BuildValue("nnn", here, number, index);
+            if (t == NULL || PyList_Append(out, t) < 0) {
+                Py_XDECREF(t);
+                goto fail;
+            }
+            Py_DECREF(t);
+        }
+        index++;
+    }
+    PyBuffer_Release(&text);
+    return out;
+fail:
+    Py_DECREF(out);
+    PyBuffer_Release(&text);
+    return NULL;
+}
+
+static PyMethodDef native_functions[] = {
+    {"scan_ima_ng", scan_ima_ng, METH_VARARGS,
+     "scan_ima_ng(text, start, end, digest_bank, banks) -> "
+     "(stop, count, pcrs, values, failures, violations)"},
+    {"chain", chain, METH_VARARGS, "chain(bank, pcrs, values, watch) -> (regs, hits)"},
+    {"judge_ima_ng", judge_ima_ng, METH_VARARGS,
+     "judge_ima_ng(text, hexsize, digests) -> [(offset, line number, index), ...]"},
+    {NULL, NULL, 0, NULL},
+};
+
 static PyMethodDef QuickVerifier_methods[] = {
     {"run", (PyCFunction)QuickVerifier_run, METH_O,
      "run(paths) -> bytes: per path 1 (certainly passes), 0 (ask the full path), "
@@ -407,6 +957,7 @@ static struct PyModuleDef native_module = {
     .m_name = "imaguard._native",
     .m_doc = "C paths for imaguard's hot loops (optional: pure Python is used without it).",
     .m_size = -1,
+    .m_methods = native_functions,
 };
 
 PyMODINIT_FUNC PyInit__native(void)

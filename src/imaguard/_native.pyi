@@ -17,3 +17,13 @@ class QuickVerifier:
         digest_size: int = 0,
         /,
     ) -> bool: ...
+
+def scan_ima_ng(
+    text: bytes, start: int, end: int, digest_bank: str, banks: tuple[str, ...], /
+) -> tuple[int, int, bytes, tuple[bytes, ...], list[int], list[int]]: ...
+def chain(
+    bank: str, pcrs: bytes, values: bytes, watch: dict[int, bytes], /
+) -> tuple[list[bytes], dict[int, list[int]]]: ...
+def judge_ima_ng(
+    text: bytes, hexsize: int, digests: dict[str, tuple[str, ...]], /
+) -> list[tuple[int, int, int]]: ...

@@ -12,6 +12,7 @@ Unlike Keylime, which silently drops the whole exclude list when one regex is in
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import re
 from collections.abc import Mapping
@@ -41,14 +42,14 @@ def _digest_map(value: Any, what: str) -> dict[str, tuple[str, ...]]:
     if not isinstance(value, dict):
         raise FormatError(f"runtime policy: {what} must be an object")
     lists = list(value.values())
-    if all(type(v) is list for v in lists):
+    if set(map(type, lists)) <= {list} and set(map(type, value)) <= {str}:
         # The common case checked in bulk (a policy holds ~10^5 digests): every digest a
         # str, their lengths in range, all of them joined only lowercase hex digits.
-        flat = [d for v in lists for d in v]
-        if all(type(d) is str for d in flat) and all(40 <= n <= 128 for n in set(map(len, flat))):
+        flat = list(itertools.chain.from_iterable(lists))
+        if set(map(type, flat)) <= {str} and all(40 <= n <= 128 for n in set(map(len, flat))):
             joined = "".join(flat)
             if joined.isascii() and not joined.encode().translate(None, _HEX_DIGITS):
-                return dict(zip(map(str, value), map(tuple, lists), strict=True))
+                return dict(zip(value, map(tuple, lists), strict=True))
     out: dict[str, tuple[str, ...]] = {}
     for key, digests in value.items():
         if not isinstance(digests, list):

@@ -15,7 +15,11 @@ single usable CPU or a child that fails all fall back to the one-process path.
 
 The fast loops handle the common records (ima-ng lines and records of templates other
 than ``ima``); every other record is read by the format module's own reader, so errors
-and odd records are reported exactly as the one-process path reports them.
+and odd records are reported exactly as the one-process path reports them. Where the
+optional C extension (``imaguard._native``) is built, the ASCII scan, the judging of
+ima-ng lines against the policy's digests and the PCR chains run in C; they take the
+same lines the Python loops take and hand every other one back (``IMAGUARD_NATIVE=0``
+turns them off).
 """
 
 from __future__ import annotations
@@ -66,6 +70,18 @@ __all__ = ["PARALLEL_MIN_BYTES", "combine_matches", "verify_log"]
 
 _log = logging.getLogger(__name__)
 
+
+def _native() -> Any:
+    """The C extension's log functions, or None (not built, or IMAGUARD_NATIVE=0)."""
+    if os.environ.get("IMAGUARD_NATIVE", "1") == "0":
+        return None
+    try:
+        from imaguard import _native as native
+    except ImportError:
+        return None
+    return native
+
+
 PARALLEL_MIN_BYTES = 1 << 20
 """Below this size a log is verified in one process (a fork costs more than it saves)."""
 
@@ -77,6 +93,10 @@ _VIOLATION = "a ToMToU/open-writers violation record"
 # runtime policy JSON ~0.8. They set how much of the log the parent hashes itself.
 _JUDGE_COST = 0.33
 _POLICY_COST = 0.8
+# With the C loops (same machine and log): judging a byte ~0.9 of scanning it in C, a
+# byte of policy JSON ~1.6. The child then scans the whole log and replays every bank.
+_JUDGE_COST_C = 0.9
+_POLICY_COST_C = 1.6
 
 PolicyArg = RuntimePolicy | bytes | str | None
 
@@ -174,8 +194,9 @@ class Scan:
     count: int = 0
     pcrs: bytearray = field(default_factory=bytearray)
     """One byte per record: the PCR it extends."""
-    values: list[list[bytes]] = field(default_factory=list)
-    """Per bank (in the order given): what each record extends that bank with."""
+    values: list[bytes | bytearray] = field(default_factory=list)
+    """Per bank (in the order given): what each record extends that bank with, the
+    digests concatenated."""
     failures: list[int] = field(default_factory=list)
     """Records whose stored digest does not match their template data."""
     violations: list[int] = field(default_factory=list)
@@ -193,6 +214,7 @@ def _hash_all(
     """Fill ``scan.values`` and ``scan.failures`` from each record's template data and
     stored digest (a violation's template data is never hashed: it extends with 0xFF)."""
     viols = scan.violations
+    per_bank = []
     for b in banks:
         ctor = getattr(hashlib, b)
         hs = [ctor(td).digest() for td in tds]
@@ -200,9 +222,10 @@ def _hash_all(
             ff = b"\xff" * ctor().digest_size
             for i in viols:
                 hs[i] = ff
-        scan.values.append(hs)
+        per_bank.append(hs)
+        scan.values.append(b"".join(hs))
     if digest_bank in banks:
-        check = scan.values[list(banks).index(digest_bank)]
+        check = per_bank[list(banks).index(digest_bank)]
     else:
         ctor = getattr(hashlib, digest_bank)
         check = [ctor(td).digest() for td in tds]
@@ -237,6 +260,70 @@ def scan_ascii(
 ) -> Scan:
     """Scan the lines of ``text[start:end]`` (whole lines; the first is line
     ``first_line`` of the list)."""
+    native = _native()
+    if native is None:
+        return _scan_ascii_py(text, start, end, first_line, digest_bank, banks)
+    names = tuple(banks)
+    try:
+        for b in {digest_bank, *names}:
+            hashlib.new(b)
+    except ValueError:  # pragma: no cover - banks come from the hash table
+        return _scan_ascii_py(text, start, end, first_line, digest_bank, banks)
+    size = hashlib.new(digest_bank).digest_size
+    zero = b"\0" * size
+    scan = Scan()
+    values = [bytearray() for _ in names]
+    scan.values = list(values)
+    pos = start
+    counted, number = start, first_line  # line number of the line at byte `counted`
+    while True:
+        stop, count, pcrs, vals, fails, viols = native.scan_ima_ng(
+            text, pos, end, digest_bank, names
+        )
+        base = scan.count
+        scan.pcrs += pcrs
+        for v, more in zip(values, vals, strict=True):
+            v += more
+        scan.failures += [base + i for i in fails] if base else fails
+        scan.violations += [base + i for i in viols] if base else viols
+        scan.count += count
+        if stop >= end:
+            break
+        # A line the C loop does not take: the format module's reader reads it.
+        number += text.count(b"\n", counted, stop)
+        counted = stop
+        nl = text.find(b"\n", stop, end)
+        line_end = end if nl < 0 else nl
+        try:
+            rec = _one_ascii(text[stop:line_end], digest_bank, number, scan.count)
+        except FormatError as e:
+            scan.error = (str(e), scan.count)
+            break
+        scan.pcrs.append(rec.pcr)
+        viol = rec.digest == zero
+        for v, b in zip(values, names, strict=True):
+            h = hashlib.new(b, rec.template_data).digest()
+            v += b"\xff" * len(h) if viol else h
+        if viol:
+            scan.violations.append(scan.count)
+        elif hashlib.new(digest_bank, rec.template_data).digest() != rec.digest:
+            scan.failures.append(scan.count)
+        scan.count += 1
+        pos = line_end + 1
+        if pos >= end:
+            break
+    return scan
+
+
+def _scan_ascii_py(
+    text: bytes,
+    start: int,
+    end: int,
+    first_line: int,
+    digest_bank: str,
+    banks: Sequence[str],
+) -> Scan:
+    """:func:`scan_ascii` in Python."""
     size = hashlib.new(digest_bank).digest_size
     hexsize = 2 * size
     zero = b"\0" * size
@@ -420,6 +507,10 @@ def chain(
     counts of records after which that PCR equalled its watched value (see
     :func:`combine_matches`).
     """
+    native = _native()
+    if native is not None:
+        regs_c, hits_c = native.chain(bank, bytes(pcrs), values, dict(watch))
+        return regs_c, hits_c
     ctor = getattr(hashlib, bank)
     size = ctor().digest_size
     regs = [b"\0" * size] * NUM_PCRS
@@ -570,18 +661,27 @@ class _Parallel:
         self.ignore_violations = ignore_violations
         self.digest_lists = digest_lists
         # Banks replayed by the parent (even positions) and by the child (odd).
-        self.mine = list(range(0, len(self.banks), 2))
-        self.theirs = list(range(1, len(self.banks), 2))
+        self.native = self.kind == "ascii" and _native() is not None
+        if self.native and (keyring is not None or runtime_policy is not None):
+            # Judging (Python and C) outweighs the C scan: the child replays every bank.
+            self.mine: list[int] = []
+            self.theirs = list(range(len(self.banks)))
+        else:
+            self.mine = list(range(0, len(self.banks), 2))
+            self.theirs = list(range(1, len(self.banks), 2))
 
     # The split: the child scans [0, split), the parent [split, end).
     def _split(self) -> int:
         n = len(self.data)
         judging = self.keyring is not None or self.policy_arg is not None
         parent_work = 0.0
+        judge_cost, policy_cost = (
+            (_JUDGE_COST_C, _POLICY_COST_C) if self.native else (_JUDGE_COST, _POLICY_COST)
+        )
         if judging:
-            parent_work += _JUDGE_COST * n
+            parent_work += judge_cost * n
         if isinstance(self.policy_arg, bytes | str):
-            parent_work += _POLICY_COST * len(self.policy_arg)
+            parent_work += policy_cost * len(self.policy_arg)
         # Equal work: child = f * n, parent = parent_work + (1 - f) * n.
         f = min(1.0, (parent_work + n) / (2 * n))
         target = int(f * n)
@@ -659,8 +759,7 @@ class _Parallel:
         mm = self.mm
         mm[base : base + scan.count] = bytes(scan.pcrs[: scan.count])
         for off, values in zip(offs, scan.values, strict=True):
-            blob = b"".join(values[: scan.count])
-            mm[off : off + len(blob)] = blob
+            mm[off : off + len(values)] = values
 
     def _column(self, region: int, count: int, bank: int) -> bytes:
         _, offs = self._offsets(region)
@@ -773,6 +872,17 @@ def _judge_ascii(text: bytes, bank: str, judge: _Judge) -> None:
     zero = b"\0" * size
     digests = judge.fast_digests if judge.active and not judge.digest_lists else None
     record: Callable[[RawRecord, bool, bool], None] = judge.record
+    native = _native()
+    if native is not None and type(digests) is dict:
+        # The C loop passes what the loop below passes and hands back the other lines.
+        for offset, num, idx in native.judge_ima_ng(text, hexsize, digests):
+            nl = text.find(b"\n", offset)
+            try:
+                rec = _one_ascii(text[offset : len(text) if nl < 0 else nl], bank, num, idx)
+            except FormatError:
+                return
+            record(rec, rec.digest == zero, idx == 0)
+        return
     index = 0
     for number, line in enumerate(text.decode("utf-8", "surrogateescape").split("\n"), 1):
         if not line:

@@ -210,7 +210,7 @@ def test_scans_and_chain_in_process() -> None:
         assert bytes(scan.pcrs) == bytes(r.pcr for r in recs)
     scan = scan_ascii(text, 0, len(text), 1, "sha1", ("sha1", "sha256"))
     for b, values in zip(("sha1", "sha256"), scan.values, strict=True):
-        regs, hits = chain(b, bytes(scan.pcrs), b"".join(values), {11: rep.pcrs[b][11]})
+        regs, hits = chain(b, bytes(scan.pcrs), bytes(values), {11: rep.pcrs[b][11]})
         assert regs == rep.pcrs[b]
         assert hits[11][-1] == max(i + 1 for i, r in enumerate(recs) if r.pcr == 11)
     # A split point lands on a record boundary; past a bad record it is the end.
