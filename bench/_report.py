@@ -105,32 +105,95 @@ def summary_rows(res: dict[str, Any]) -> list[tuple[str, str, str, str, str, str
                 "(no target)",
             )
         )
-    t = res.get("tree")
-    if t:
-        n = t["n_files"]
-        for op in ("sign", "verify"):
-            b = t[op]
-            ev = b["evmctl"]["median_wall_s"]
-            ig = b["imaguard"]["median_wall_s"]
-            j1 = b["imaguard_j1"]["median_wall_s"]
+    for _key, t in trees(res):
+        rows += _tree_rows(t)
+    return rows
+
+
+TREES = (("tree", "tree"), ("tree_1k", "tree1k"))
+"""(results key, --only name) of the tree benchmarks, in report order."""
+
+
+def trees(res: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    return [(key, res[key]) for key, _only in TREES if res.get(key)]
+
+
+def _size(n: int) -> str:
+    if n >= MIB and n % MIB == 0:
+        return f"{n // MIB} MiB"
+    if n >= 1024 and n % 1024 == 0:
+        return f"{n // 1024} KiB"
+    return f"{n} B"
+
+
+def tree_label(t: dict[str, Any]) -> str:
+    """'20,200 files (20,000 of 100 B – 8 KiB + 200 of 1 MiB)', '100,000 files of 1 KiB'."""
+    s = t["spec"]
+    small = (
+        _size(s["small_min"])
+        if s["small_min"] == s["small_max"]
+        else f"{_size(s['small_min'])} – {_size(s['small_max'])}"
+    )
+    if not s["big_files"]:
+        return f"{t['n_files']:,} files of {small}"
+    return (
+        f"{t['n_files']:,} files ({s['small_files']:,} of {small} + "
+        f"{s['big_files']:,} of {_size(s['big_size'])})"
+    )
+
+
+def op_targets(b: dict[str, Any]) -> dict[str, float]:
+    """The targets recorded with one tree operation (older results: wall time only)."""
+    return b.get("targets") or {"ratio": b["target"]}
+
+
+def _tree_rows(t: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
+    rows: list[tuple[str, str, str, str, str, str]] = []
+    for op in ("sign", "verify"):
+        b = t.get(op)
+        if not b:
+            continue
+        targets = op_targets(b)
+        ev, ig, j1 = (b[k] for k in ("evmctl", "imaguard", "imaguard_j1"))
+        cpu_ratio = b.get("cpu_ratio", ig["median_cpu_s"] / ev["median_cpu_s"])
+        metrics = (
+            (
+                "ratio",
+                f"{op} {tree_label(t)}, `-r` (median of {t['reps']}), imaguard -j {t['jobs']}",
+                b["ratio"],
+                ig["median_wall_s"],
+                ev["median_wall_s"],
+                "time",
+            ),
+            (
+                "cpu_ratio",
+                f"  {op}, CPU time (user + sys, workers included)",
+                cpu_ratio,
+                ig["median_cpu_s"],
+                ev["median_cpu_s"],
+                "CPU",
+            ),
+            (
+                "ratio_j1",
+                f"  {op}, imaguard -j 1 (single core)",
+                b["ratio_j1"],
+                j1["median_wall_s"],
+                ev["median_wall_s"],
+                "time",
+            ),
+        )
+        for key, label, ratio, own, peer, unit in metrics:
+            target = targets.get(key)
             rows.append(
                 (
-                    f"{op} {n:,} files, `-r` (median of {t['reps']}), imaguard -j {t['jobs']}",
-                    f"{ig:.2f} s",
-                    f"evmctl: {ev:.2f} s",
-                    f"{b['ratio']:.2f}× time",
-                    "≤ 0.60×",
-                    verdict_lower(b["ratio"], b["target"], ig, ev),
-                )
-            )
-            rows.append(
-                (
-                    f"  {op}, imaguard -j 1 (single core)",
-                    f"{j1:.2f} s",
-                    f"evmctl: {ev:.2f} s",
-                    f"{b['ratio_j1']:.2f}× time",
-                    "—",
-                    "(no target; evmctl is single-threaded)",
+                    label,
+                    f"{own:.2f} s",
+                    f"evmctl: {peer:.2f} s",
+                    f"{ratio:.2f}× {unit}",
+                    f"≤ {target:.2f}×" if target is not None else "—",
+                    verdict_lower(ratio, target, own, peer)
+                    if target is not None
+                    else "(no target)",
                 )
             )
     return rows
@@ -159,6 +222,72 @@ def _detail_table(title: str, cmds: dict[str, dict[str, Any]], size: int | None)
         out.append(line)
     out.append("")
     return out
+
+
+def _tree_how(t: dict[str, Any], first: bool) -> list[str]:
+    s = t["spec"]
+    if s["small_min"] == s["small_max"]:
+        sizes = f"{s['small_files']:,} files of {_size(s['small_min'])} (random content)"
+    else:
+        sizes = (
+            f"{s['small_files']:,} files of {_size(s['small_min'])} – {_size(s['small_max'])} "
+            "(uniform, random content)"
+        )
+    big = f", plus {s['big_files']} files of {_size(s['big_size'])}" if s["big_files"] else ""
+    key = t.get("key", "tree")
+    lines = [
+        f"* **{key}**: {sizes} in {s['small_files'] // s['files_per_dir']:,} directories of "
+        f"{s['files_per_dir']} (two levels){big}: {t['n_files']:,} files, "
+        f"{t['bytes'] / MIB:,.0f} MiB, read once before timing (warm cache). "
+        + (
+            "RSA-2048 key from `imaguard keys generate` (one key for all trees). "
+            if first
+            else "The same key. "
+        )
+        + f"{t['reps']} repetitions; imaguard runs with its default worker count "
+        f"(`-j {t['jobs']}` = all cores) and with `-j 1`; evmctl is single-threaded. "
+        "Targets (imaguard / evmctl, at most): "
+        + "; ".join(
+            f"{op} "
+            + ", ".join(f"{_TARGET_NAMES[k]} {v:.2f}×" for k, v in op_targets(t[op]).items())
+            for op in ("sign", "verify")
+            if t.get(op)
+        )
+        + "."
+        + (
+            " Paths are absolute: `evmctl ima_sign -r` changes directory while it walks, so "
+            "a relative `--key` makes it sign **nothing and still exit 0**."
+            if first
+            else ""
+        )
+    ]
+    if t.get("sign"):
+        lines.append(
+            f"* {key} sign: `imaguard sign --key KEY -a sha256 -r TREE` vs "
+            "`evmctl ima_sign -r -a sha256 --key KEY TREE`. Before every timed run all "
+            "`security.ima` xattrs are removed (not timed); after it, every file is checked "
+            f"to carry one: {t['sign']['checks']['summary']}"
+        )
+    elif t.get("signed_untimed"):
+        u = t["signed_untimed"]
+        lines.append(
+            f"* {key} sign: not timed (`bench/run.py --sign-1k` times it); the tree was "
+            f"signed once by `imaguard sign --key KEY -a sha256 -r TREE` "
+            f"({u['wall_s']:.2f} s) and every file checked to carry `security.ima`."
+        )
+    v = t["verify"]
+    lines.append(
+        f"* {key} verify: `imaguard verify --cert CERT.der -r TREE` vs "
+        "`sh -c 'find TREE -type f -print0 | xargs -0 evmctl ima_verify --key CERT.der'` "
+        "(evmctl's time includes the `find` walk, "
+        f"{v['find_only']['median_wall_s']:.3f} s alone, as imaguard's includes its own "
+        "walk; its CPU time is that of `sh`, `find`, `xargs` and every `evmctl`, as "
+        f"imaguard's includes its workers'). {v['checks']['summary']}"
+    )
+    return lines
+
+
+_TARGET_NAMES = {"ratio": "wall", "cpu_ratio": "CPU", "ratio_j1": "`-j 1` wall"}
 
 
 def _source_line(src: dict[str, Any] | None) -> str:
@@ -211,13 +340,12 @@ def render(res: dict[str, Any], analysis: str, other: str = "") -> str:
             f"of `true`) is {_mib(h['rss_floor_kib'])}."
         )
         lines.append("")
-    t = res.get("tree")
-    if t:
+    for _key, t in trees(res):
         for op in ("sign", "verify"):
+            if not t.get(op):
+                continue
             cmds = {k: t[op][k] for k in ("imaguard", "imaguard_j1", "evmctl")}
-            lines += _detail_table(
-                f"{op}, {t['n_files']:,} files, {t['reps']} repetitions", cmds, None
-            )
+            lines += _detail_table(f"{op}, {tree_label(t)}, {t['reps']} repetitions", cmds, None)
     lines += ["## Machine", ""]
     lines += [
         f"* CPU: {m['cpu_model']}, `nproc` = {m['nproc']}"
@@ -274,35 +402,24 @@ def render(res: dict[str, Any], analysis: str, other: str = "") -> str:
             "`imaguard.hash_file(FILE, 'sha256')` "
             f"{h['reps']} times in one fresh Python process (import not timed)."
         )
-    t = res.get("tree")
-    if t:
-        s = t["spec"]
+    bc = res.get("bytecode")
+    if bc:
         lines.append(
-            f"* **tree**: {s['small_files']:,} files of {s['small_min']} B – "
-            f"{s['small_max'] // 1024} KiB (uniform, random content) in "
-            f"{s['small_files'] // s['files_per_dir']} directories of {s['files_per_dir']} "
-            f"(two levels), plus {s['big_files']} files of {s['big_size'] / MIB:.0f} MiB: "
-            f"{t['n_files']:,} files, {t['bytes'] / MIB:,.0f} MiB, read once before timing "
-            f"(warm cache). RSA-2048 key from `imaguard keys generate`. {t['reps']} "
-            "repetitions; imaguard runs with its default worker count "
-            f"(`-j {t['jobs']}` = all cores) and with `-j 1`; evmctl is single-threaded. "
-            "Paths are absolute: `evmctl ima_sign -r` changes directory while it walks, so a "
-            "relative `--key` makes it sign **nothing and still exit 0**."
+            "* **Bytecode.** imaguard is installed editable from `src/`. Before timing, "
+            f"`{bc['compileall']}` compiled its {bc['modules_with_bytecode']} modules once, "
+            "and every command ran without `PYTHONDONTWRITEBYTECODE`"
+            + (
+                " (set in the shell the benchmark was started from)"
+                if bc["pythondontwritebytecode_was_set"]
+                else ""
+            )
+            + ", so imaguard loads cached bytecode as an installed program does instead of "
+            "compiling its modules from source in every process (10–20 ms each)."
         )
-        lines.append(
-            "* sign: `imaguard sign --key KEY -a sha256 -r TREE` vs "
-            "`evmctl ima_sign -r -a sha256 --key KEY TREE`. Before every timed run all "
-            "`security.ima` xattrs are removed (not timed); after it, every file is checked "
-            "to carry one: "
-            f"{t['sign']['checks']['summary']}"
-        )
-        lines.append(
-            "* verify: `imaguard verify --cert CERT.der -r TREE` vs "
-            "`sh -c 'find TREE -type f -print0 | xargs -0 evmctl ima_verify --key CERT.der'` "
-            "(evmctl's time includes the `find` walk, "
-            f"{t['verify']['find_only']['median_wall_s']:.3f} s alone, as imaguard's includes "
-            f"its own walk). {t['verify']['checks']['summary']}"
-        )
+    first = True
+    for _key, t in trees(res):
+        lines += _tree_how(t, first)
+        first = False
     lines += [
         "",
         "## Analysis",
@@ -320,11 +437,11 @@ def render(res: dict[str, Any], analysis: str, other: str = "") -> str:
         "## Rerun",
         "",
         "```sh",
-        "make bench          # runs bench/run.py (3-8 min; rewrites this file), then the",
+        "make bench          # runs bench/run.py (5-10 min; rewrites this file), then the",
         "                    # policy/measure/core benchmarks (bench_*.py, JSON only)",
         ".venv/bin/python bench/run.py --profile     # the same + importtime/cProfile output",
         ".venv/bin/python bench/run.py --quick       # smoke run on small data; file untouched",
-        ".venv/bin/python bench/run.py --only hash   # or --only tree; JSON only",
+        ".venv/bin/python bench/run.py --only hash   # or --only tree / tree1k; JSON only",
         ".venv/bin/python bench/run.py --render bench/out/results-<stamp>.json  # rewrite",
         "                    # this file from a JSON result, keeping the analysis",
         "```",
