@@ -27,6 +27,7 @@ from typing import Any
 from imaguard.errors import Error
 from imaguard.formats import digestlist, measurelist, xattr
 from imaguard.formats.keylime import RuntimePolicy
+from imaguard.measure import _parallel
 from imaguard.policy import CompiledPolicy, Mode, parse_policy, parse_rule
 from imaguard.service._config import parse_config
 from imaguard.service._owners import parse_owner
@@ -157,7 +158,25 @@ def check_measurelist_ascii(data: bytes) -> bool:
         entries = [rec.entry for rec in records]
         again = measurelist.parse_ascii(measurelist.serialize_ascii(entries, bank), bank)
         _require([rec.entry for rec in again] == entries, f"{bank}: ASCII round trip")
+    _scans_agree(data)
     return accepted
+
+
+def _scans_agree(data: bytes) -> None:
+    """The C scan of log verification (imaguard._native, where built) and the Python scan
+    read any text alike: the same records, digests, failures, violations and error."""
+    if _parallel._native() is None:
+        return
+    for bank in BANKS:
+        fast = _parallel.scan_ascii(data, 0, len(data), 1, bank, BANKS)
+        slow = _parallel._scan_ascii_py(data, 0, len(data), 1, bank, BANKS)
+        _require(
+            (fast.count, bytes(fast.pcrs), [bytes(v) for v in fast.values])
+            == (slow.count, bytes(slow.pcrs), [bytes(v) for v in slow.values])
+            and (fast.failures, fast.violations, fast.error)
+            == (slow.failures, slow.violations, slow.error),
+            f"{bank}: the C and Python scans of the list disagree",
+        )
 
 
 # -- Keylime runtime policies ----------------------------------------------------------------
