@@ -889,12 +889,17 @@ static PyObject *judge_ima_ng(PyObject *self, PyObject *args)
                     if (allowed == NULL && PyErr_Occurred())
                         goto fail;
                     if (allowed != NULL) {
+                        /* Held while compared: a comparison may run code that edits the map. */
+                        Py_INCREF(allowed);
                         PyObject *hexd = PyUnicode_DecodeASCII((const char *)hx, (Py_ssize_t)hn,
                                                                NULL);
-                        if (hexd == NULL)
+                        if (hexd == NULL) {
+                            Py_DECREF(allowed);
                             goto fail;
+                        }
                         int in = PySequence_Contains(allowed, hexd);
                         Py_DECREF(hexd);
+                        Py_DECREF(allowed);
                         if (in < 0)
                             goto fail;
                         fast = in;
